@@ -1,0 +1,5 @@
+import sys
+
+from markup2im.cli import main
+
+sys.exit(main())

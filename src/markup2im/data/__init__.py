@@ -1,0 +1,1 @@
+"""Datasets: rendering markup, synthetic markup, and the one on-disk dataset form."""
