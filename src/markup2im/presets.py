@@ -32,16 +32,37 @@ class DomainSpec:
 
 DOMAINS: dict[str, DomainSpec] = {
     "math": DomainSpec(
-        "math", "formula", 320, 64, 1, "yuntian-deng/im2latex-100k", "EleutherAI/gpt-neo-125M", "latex"
+        "math",
+        "formula",
+        320,
+        64,
+        1,
+        "yuntian-deng/im2latex-100k",
+        "EleutherAI/gpt-neo-125M",
+        "latex",
     ),
     "tables": DomainSpec(
         "tables", "html", 64, 64, 1, "yuntian-deng/im2html-100k", "EleutherAI/gpt-neo-125M", "html"
     ),
     "music": DomainSpec(
-        "music", "source", 448, 192, 1, "yuntian-deng/im2ly-35k-syn", "EleutherAI/gpt-neo-125M", "lilypond"
+        "music",
+        "source",
+        448,
+        192,
+        1,
+        "yuntian-deng/im2ly-35k-syn",
+        "EleutherAI/gpt-neo-125M",
+        "lilypond",
     ),
     "molecules": DomainSpec(
-        "molecules", "smiles", 128, 128, 3, "yuntian-deng/im2smiles-20k", "DeepChem/ChemBERTa-77M-MLM", "smiles"
+        "molecules",
+        "smiles",
+        128,
+        128,
+        3,
+        "yuntian-deng/im2smiles-20k",
+        "DeepChem/ChemBERTa-77M-MLM",
+        "smiles",
     ),
 }
 

@@ -7,13 +7,16 @@ datasets are both written in this form, so training never cares where data came 
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
 
+from markup2im.atomic import write_json
 from markup2im.errors import DataError
-from markup2im.presets import MARKUP_COLUMNS
+from markup2im.presets import DOMAINS, MARKUP_COLUMNS
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
@@ -53,3 +56,40 @@ def load_split(path: str | os.PathLike[str], split: str) -> datasets.Dataset:
     if split not in dataset:
         raise DataError(f"{path}: no split {split!r}; available: {sorted(dataset)}")
     return dataset[split]
+
+
+INFO_FILE = "markup2im.json"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What training and generation need to know about a dataset directory."""
+
+    domain: str
+    markup_column: str
+    width: int
+    height: int
+    channels: int
+
+
+def write_dataset_info(path: str | os.PathLike[str], info: DatasetInfo) -> None:
+    """Record ``info`` next to the splits of a dataset directory."""
+    write_json(Path(path) / INFO_FILE, asdict(info))
+
+
+def read_dataset_info(path: str | os.PathLike[str]) -> DatasetInfo:
+    """Domain, markup column and image size of a dataset directory.
+
+    Uses the ``markup2im.json`` record when present; otherwise derives them from the markup column
+    (a hub dataset saved by other tools), using the domain's image size.
+    """
+    root = Path(path)
+    record = root / INFO_FILE
+    if record.is_file():
+        try:
+            return DatasetInfo(**json.loads(record.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{record}: invalid dataset record: {exc}") from exc
+    column = markup_column(load_dataset_dir(root))
+    spec = next(d for d in DOMAINS.values() if d.markup_column == column)
+    return DatasetInfo(spec.name, column, spec.width, spec.height, spec.channels)
