@@ -87,3 +87,115 @@ def domain_for_hub_dataset(hub_id: str) -> DomainSpec | None:
 
 
 # ---- model presets (sizes of the denoiser) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Shape of the denoising UNet; image-size dependent parts are derived when it is built.
+
+    Level ``i`` works at ``height / 2**i`` x ``width / 2**i``. ``attention_levels[i]`` puts the
+    positional transformer block after every resnet of that level (down and up path); the mid block
+    has one when ``mid_attention`` is set. The time embedding is sinusoidal of width
+    ``block_out_channels[0]`` followed by two linear layers of width ``4 * block_out_channels[0]``.
+    """
+
+    name: str
+    block_out_channels: tuple[int, ...]
+    attention_levels: tuple[bool, ...]
+    layers_per_block: int = 2  # resnets per down level; the up path has one more
+    mid_attention: bool = True
+    num_heads: int = 8
+    norm_num_groups: int = 32
+    # Default cap on markup tokens; each attention block holds a text-position table of
+    # max_markup_length + 1 rows (the +1 is the end token), 1025 in the paper.
+    max_markup_length: int = 1024
+    description: str = ""
+
+    @property
+    def num_levels(self) -> int:
+        """Number of resolution levels (downsampling steps + 1)."""
+        return len(self.block_out_channels)
+
+    @property
+    def downsample_factor(self) -> int:
+        """Ratio between the image size and the lowest level's feature-map size."""
+        return 2 ** (self.num_levels - 1)
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """Raise ConfigError unless both image sides survive every downsampling exactly."""
+        f = self.downsample_factor
+        if height <= 0 or width <= 0 or height % f or width % f:
+            raise ConfigError(
+                f"model preset {self.name!r} has {self.num_levels} levels, so image height and width "
+                f"must be positive multiples of {f}; got {width}x{height} (width x height)"
+            )
+
+    def level_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Feature-map (rows, cols) at each level for an image of ``height`` x ``width``."""
+        self.check_image_size(height, width)
+        return [(height // 2**i, width // 2**i) for i in range(self.num_levels)]
+
+
+def _check_preset(p: ModelPreset) -> ModelPreset:
+    """Validate a preset's internal consistency when it is defined (fails at import, not later)."""
+    if len(p.attention_levels) != len(p.block_out_channels):
+        raise ConfigError(
+            f"model preset {p.name!r}: attention_levels and channels differ in length"
+        )
+    for c in p.block_out_channels:
+        if c % p.norm_num_groups:
+            raise ConfigError(f"model preset {p.name!r}: {c} channels not divisible into groups")
+    attn_channels = [c for c, a in zip(p.block_out_channels, p.attention_levels, strict=True) if a]
+    if p.mid_attention:
+        attn_channels.append(p.block_out_channels[-1])
+    for c in attn_channels:
+        if c % p.num_heads or c < 2:
+            raise ConfigError(f"model preset {p.name!r}: {c} channels not divisible into heads")
+    return p
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    p.name: _check_preset(p)
+    for p in (
+        ModelPreset(
+            "paper",
+            block_out_channels=(128, 128, 256, 256, 512, 512),
+            attention_levels=(False, False, True, True, True, True),
+            layers_per_block=2,
+            num_heads=8,
+            norm_num_groups=32,
+            description="the paper's denoiser (~209M parameters with a 768-dim encoder)",
+        ),
+        # CPU presets: attention only where the feature map is at most 1/8 of the image side,
+        # since self-attention at high resolution dominates the step time on a CPU.
+        ModelPreset(
+            "small",
+            block_out_channels=(32, 32, 64, 64, 64),
+            attention_levels=(False, False, False, True, True),
+            layers_per_block=1,
+            num_heads=4,
+            norm_num_groups=8,
+            max_markup_length=512,
+            description="CPU workflow default (~2.5M parameters with the offline encoder)",
+        ),
+        ModelPreset(
+            "tiny",
+            block_out_channels=(16, 16, 32, 32),
+            attention_levels=(False, False, False, True),
+            layers_per_block=1,
+            num_heads=4,
+            norm_num_groups=8,
+            max_markup_length=256,
+            description="for tests (~0.46M parameters with the offline encoder)",
+        ),
+    )
+}
+
+
+def get_model_preset(name: str) -> ModelPreset:
+    """Return the model preset called ``name`` or raise a ConfigError listing the known ones."""
+    try:
+        return MODEL_PRESETS[name]
+    except KeyError:
+        known = ", ".join(sorted(MODEL_PRESETS))
+        raise ConfigError(f"unknown model preset {name!r}; known presets: {known}") from None

@@ -1,0 +1,302 @@
+"""The frozen markup encoder: a transformers model plus its tokenizer.
+
+Three sources, one loading path (``AutoModel`` + ``AutoTokenizer``):
+
+* a hub name such as ``EleutherAI/gpt-neo-125M`` (the paper's encoder for math, tables and music)
+  or ``DeepChem/ChemBERTa-77M-MLM`` (molecules); needs the hub or its cache;
+* a local directory written by ``save_pretrained`` (of transformers or of this class);
+* ``offline``: a 2-layer BERT over bytes (``ByT5Tokenizer``, which needs no vocabulary files),
+  its weights drawn from a fixed seed so that it is the same model on every machine. It is random,
+  not pretrained: the denoiser learns to read its features.
+
+The encoding of a markup is its tokens (truncated to ``max_length``) followed by exactly one end
+token, all attended; shorter markups are right-padded and the padding is masked and zeroed. Some
+tokenizers append an end token themselves (BERT/RoBERTa, ByT5), GPT-Neo's does not: the tokenizer's
+own end token is removed before truncation and the end token is always appended afterwards, so
+every tokenizer gives the same shape of sequence.
+
+Saved layout (``save_pretrained``): the transformers model and tokenizer files plus
+``markup2im_encoder.json`` (name, max_length, end token).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from markup2im.atomic import atomic_dir, write_json
+from markup2im.errors import ConfigError, HubUnavailableError, ModelError
+
+logger = logging.getLogger(__name__)
+
+OFFLINE = "offline"
+OFFLINE_SEED = 20221011  # fixed: the offline encoder must be identical everywhere
+ENCODER_RECORD = "markup2im_encoder.json"
+# Models whose position ids start after the padding index (usable positions = table - pad - 1).
+_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text"}
+
+
+class MarkupEncoder(nn.Module):
+    """Frozen transformer encoder mapping markup strings to masked hidden states."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str, max_length: int) -> None:
+        super().__init__()
+        if max_length < 1:
+            raise ConfigError(f"max markup length must be at least 1, got {max_length}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.hidden_size = int(model.config.hidden_size)
+        if tokenizer.pad_token is None:
+            # GPT-style tokenizers have no pad token; padding is masked, so any id will do.
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token or tokenizer.unk_token
+        if tokenizer.pad_token is None:
+            raise ConfigError(f"encoder {name!r}: tokenizer has no pad, eos, sep or unk token")
+        self._strip_end, self.end_token_id = _end_token(tokenizer, name)
+        limit = _position_limit(model, tokenizer)
+        self.requested_max_length = max_length
+        if limit is not None and max_length + 1 > limit:
+            logger.warning(
+                "encoder %s holds %d positions: markups are truncated to %d tokens, not %d",
+                name,
+                limit,
+                limit - 1,
+                max_length,
+            )
+            max_length = limit - 1
+        self.max_length = max_length
+        self.num_encoded = 0
+        self.num_truncated = 0
+        self.last_num_truncated = 0
+        self.model.requires_grad_(False)
+        self.train(False)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name_or_path: str, max_length: int) -> MarkupEncoder:
+        """Load ``offline``, a local model directory, or a hub model name."""
+        if name_or_path == OFFLINE:
+            return cls.build_offline(max_length)
+        path = Path(name_or_path).expanduser()
+        if path.is_dir():
+            if (path / ENCODER_RECORD).is_file():
+                return cls.from_pretrained(path, max_length=max_length)
+            if not (path / "config.json").is_file():
+                raise ModelError(f"encoder directory {path} has no config.json")
+            return cls._from_files(str(path), str(name_or_path), max_length, local_only=True)
+        if _looks_like_path(name_or_path):
+            raise ConfigError(
+                f"encoder {name_or_path!r}: no such directory (give a local model directory, "
+                f"a hub model name, or {OFFLINE!r})"
+            )
+        return cls._from_files(name_or_path, name_or_path, max_length, local_only=False)
+
+    @classmethod
+    def build_offline(cls, max_length: int) -> MarkupEncoder:
+        """The built-in encoder: a byte-level 2-layer BERT with weights from a fixed seed."""
+        from transformers import BertConfig, BertModel, ByT5Tokenizer
+
+        tokenizer = ByT5Tokenizer()
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=256,
+            max_position_embeddings=2048,
+            type_vocab_size=1,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        # A private RNG state: the same weights whatever the caller seeded, and the caller's
+        # random stream is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(OFFLINE_SEED)
+            model = BertModel(config)
+        return cls(model.float(), tokenizer, OFFLINE, max_length)
+
+    @classmethod
+    def _from_files(
+        cls, source: str, name: str, max_length: int, *, local_only: bool
+    ) -> MarkupEncoder:
+        from transformers import AutoModel, AutoTokenizer
+
+        # Local loads are quick: keep their weight-loading bars out of the logs; downloads keep theirs.
+        bars = _no_progress_bars() if local_only else contextlib.nullcontext()
+        try:
+            with bars:
+                tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+                model = AutoModel.from_pretrained(
+                    source, local_files_only=local_only, dtype=torch.float32
+                )
+        except (OSError, ValueError) as exc:
+            if local_only:
+                raise ModelError(f"cannot load encoder from directory {source}: {exc}") from exc
+            if _is_missing_repo(exc):
+                raise ConfigError(f"encoder {name!r} is not a model on the hub: {exc}") from exc
+            raise HubUnavailableError(
+                f"cannot download encoder {name!r} from the Hugging Face hub (offline or "
+                f"unreachable). Use a local model directory (save_pretrained) or the built-in "
+                f"{OFFLINE!r} encoder instead."
+            ) from exc
+        if getattr(model.config, "is_encoder_decoder", False):
+            model = model.get_encoder()
+        return cls(model, tokenizer, name, max_length)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], max_length: int | None = None
+    ) -> MarkupEncoder:
+        """Reload an encoder written by :meth:`save_pretrained`."""
+        directory = Path(directory)
+        record_path = directory / ENCODER_RECORD
+        if not record_path.is_file():
+            raise ModelError(f"encoder directory {directory} is missing {ENCODER_RECORD}")
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        length = int(record["max_length"] if max_length is None else max_length)
+        encoder = cls._from_files(str(directory), record["name"], length, local_only=True)
+        return encoder
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write model, tokenizer and record to ``directory`` atomically."""
+        with atomic_dir(directory) as tmp:
+            self.write_files(tmp)
+
+    def write_files(self, directory: Path) -> None:
+        """Write model, tokenizer and record into an existing (temporary) directory."""
+        with _no_progress_bars():
+            self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        write_json(
+            Path(directory) / ENCODER_RECORD,
+            {
+                "name": self.name,
+                "max_length": self.requested_max_length,
+                "end_token_id": self.end_token_id,
+                "hidden_size": self.hidden_size,
+            },
+        )
+
+    # -- behaviour ------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> MarkupEncoder:
+        """Stay in eval mode whatever is asked: the encoder is frozen (no dropout)."""
+        super().train(False)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, markups: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, L) and boolean attention mask (B, L), right-padded, on CPU."""
+        if isinstance(markups, str):
+            raise TypeError("markups must be a list of strings, not one string")
+        encoded = self.tokenizer(list(markups), add_special_tokens=True, verbose=False)
+        rows, truncated = [], 0
+        for ids in encoded["input_ids"]:
+            ids = list(ids[:-1] if self._strip_end else ids)
+            if len(ids) > self.max_length:
+                truncated += 1
+                ids = ids[: self.max_length]
+            rows.append(ids + [self.end_token_id])
+        self._count(len(rows), truncated)
+        length = max((len(r) for r in rows), default=1)
+        input_ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.bool)
+        for i, ids in enumerate(rows):
+            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[i, : len(ids)] = True
+        return input_ids, mask
+
+    def _count(self, n: int, truncated: int) -> None:
+        self.num_encoded += n
+        self.last_num_truncated = truncated
+        if truncated:
+            first = self.num_truncated == 0
+            self.num_truncated += truncated
+            logger.log(
+                logging.WARNING if first else logging.INFO,
+                "truncated %d of %d markups to %d tokens (%d of %d so far)",
+                truncated,
+                n,
+                self.max_length,
+                self.num_truncated,
+                self.num_encoded,
+            )
+
+    @torch.no_grad()
+    def forward(self, markups: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode markups: hidden states (B, L, D) zeroed at padding, and the (B, L) bool mask."""
+        input_ids, mask = self.tokenize(markups)
+        device = self.device
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        hidden = self.model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+        return hidden * mask[..., None].to(hidden.dtype), mask
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Silence transformers' per-call weight loading/writing bars, then restore them."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    if enabled:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def _end_token(tokenizer, name: str) -> tuple[bool, int]:
+    """(whether the tokenizer appends its own end token, the end token id to append)."""
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    ends = [i for i in (tokenizer.eos_token_id, tokenizer.sep_token_id) if i is not None]
+    if probe and probe[-1] in ends:
+        return True, int(probe[-1])
+    for candidate in (tokenizer.eos_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id):
+        if candidate is not None:
+            return False, int(candidate)
+    raise ConfigError(f"encoder {name!r}: tokenizer has no end (eos/sep/pad) token")
+
+
+def _position_limit(model: nn.Module, tokenizer) -> int | None:
+    """How many tokens the encoder accepts (None when it has no absolute limit)."""
+    config = model.config
+    limits = []
+    table = getattr(config, "max_position_embeddings", None)
+    if table:
+        if getattr(config, "model_type", "") in _OFFSET_POSITION_MODELS:
+            table -= (config.pad_token_id or 0) + 1
+        limits.append(int(table))
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if model_max and model_max < 1_000_000:
+        limits.append(int(model_max))
+    return min(limits) if limits else None
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    )
+
+
+def _is_missing_repo(exc: BaseException) -> bool:
+    """True when the hub answered that the repository does not exist (not a network failure)."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RepositoryNotFoundError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
