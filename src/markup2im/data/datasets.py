@@ -7,16 +7,33 @@ datasets are both written in this form, so training never cares where data came 
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
+import logging
 import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 
-from markup2im.atomic import write_json
-from markup2im.errors import DataError
-from markup2im.presets import DOMAINS, MARKUP_COLUMNS
+from markup2im.atomic import atomic_dir, write_json
+from markup2im.errors import ConfigError, DataError, HubUnavailableError, RenderError
+from markup2im.presets import (
+    DOMAINS,
+    MARKUP_COLUMNS,
+    DomainSpec,
+    domain_for_hub_dataset,
+    get_domain,
+)
+
+logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
@@ -59,6 +76,8 @@ def load_split(path: str | os.PathLike[str], split: str) -> datasets.Dataset:
 
 
 INFO_FILE = "markup2im.json"
+BUILD_SUMMARY = "build_summary.json"  # next to the splits of a built dataset
+DOWNLOAD_SUMMARY = "download_summary.json"  # next to the splits of a downloaded dataset
 
 
 @dataclass(frozen=True)
@@ -93,3 +112,462 @@ def read_dataset_info(path: str | os.PathLike[str]) -> DatasetInfo:
     column = markup_column(load_dataset_dir(root))
     spec = next(d for d in DOMAINS.values() if d.markup_column == column)
     return DatasetInfo(spec.name, column, spec.width, spec.height, spec.channels)
+
+
+# ---- validating a dataset directory ----------------------------------------------------------
+
+
+def validate_dataset(
+    dataset: datasets.DatasetDict,
+    info: DatasetInfo,
+    *,
+    name: str = "dataset",
+    progress: bool = True,
+) -> dict[str, int]:
+    """Decode every image and check its size; one DataError naming ALL bad rows.
+
+    A bad row is one whose image is missing, cannot be decoded, or is not ``info``'s size, or
+    whose markup is not a string. Returns the number of rows per split when all are good.
+    """
+    from tqdm.auto import tqdm
+
+    from markup2im.images import load_image
+
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    total = sum(len(split) for split in dataset.values())
+    with tqdm(total=total, desc=f"validate {name}", unit="image", disable=not progress) as bar:
+        for split_name, split in dataset.items():
+            counts[split_name] = len(split)
+            missing = [c for c in (info.markup_column, "image") if c not in split.column_names]
+            if missing:
+                problems.append(f"{split_name}: missing column(s) {missing}")
+                bar.update(len(split))
+                continue
+            raw = split.cast_column("image", datasets.Image(decode=False))
+            names = list(raw["filename"]) if "filename" in raw.column_names else [""] * len(raw)
+            for index, row in enumerate(raw.select_columns([info.markup_column, "image"])):
+                label = f"{split_name}[{index}] {names[index] or '(no filename)'}"
+                markup = row[info.markup_column]
+                if not isinstance(markup, str) or not markup.strip():
+                    problems.append(f"{label}: empty or missing markup")
+                if row["image"] is None:
+                    problems.append(f"{label}: no image")
+                else:
+                    try:
+                        load_image(
+                            row["image"],
+                            channels=info.channels,
+                            size=(info.width, info.height),
+                            name=label,
+                        )
+                    except DataError as exc:
+                        problems.append(str(exc))
+                bar.update(1)
+    if problems:
+        raise DataError(
+            f"{name}: {len(problems)} bad row(s) (expected {info.width}x{info.height} images, "
+            f"{info.channels} channel(s)):\n  " + "\n  ".join(problems)
+        )
+    return counts
+
+
+def validate_dataset_dir(path: str | os.PathLike[str], *, progress: bool = True) -> dict[str, int]:
+    """Check every row of a dataset directory against its ``markup2im.json`` record.
+
+    Raises one DataError listing every bad row (split, index, filename, problem).
+    """
+    return validate_dataset(
+        load_dataset_dir(path), read_dataset_info(path), name=str(path), progress=progress
+    )
+
+
+# ---- writing a dataset directory -------------------------------------------------------------
+
+
+def features_for(markup_col: str) -> datasets.Features:
+    """The columns of every markup2im dataset, named as on the hub."""
+    return datasets.Features(
+        {
+            markup_col: datasets.Value("string"),
+            "filename": datasets.Value("string"),
+            "image": datasets.Image(),
+        }
+    )
+
+
+def save_dataset_dir(
+    dataset: datasets.DatasetDict,
+    output_dir: str | os.PathLike[str],
+    info: DatasetInfo,
+    extra_files: dict[str, object] | None = None,
+) -> Path:
+    """Write ``dataset`` + ``markup2im.json`` (+ JSON ``extra_files``) atomically as one dir."""
+    target = Path(output_dir)
+    with atomic_dir(target) as tmp:
+        dataset.save_to_disk(str(tmp))
+        write_dataset_info(tmp, info)
+        for file_name, content in (extra_files or {}).items():
+            write_json(tmp / file_name, content)
+    logger.info(
+        "wrote %s (%s)",
+        target,
+        ", ".join(f"{name} {len(split)}" for name, split in dataset.items()),
+    )
+    return target
+
+
+# ---- building a dataset from markup ------------------------------------------------------------
+
+DEFAULT_SYNTHETIC_SIZES = {"train": 1000, "validation": 100, "test": 100}
+DEFAULT_FILE_FRACTIONS = {"validation": 0.1, "test": 0.1}  # of the rendered rows; train the rest
+MAX_LISTED_FAILURES = 1000  # failures listed one by one in build_summary.json
+
+
+def _split_sizes(
+    train: int | None, validation: int | None, test: int | None, synthetic: bool
+) -> dict[str, int] | None:
+    given = {"train": train, "validation": validation, "test": test}
+    for split_name, size in given.items():
+        if size is not None and size < 0:
+            raise ConfigError(f"--{split_name} must be >= 0, got {size}")
+    if all(size is None for size in given.values()):
+        return dict(DEFAULT_SYNTHETIC_SIZES) if synthetic else None
+    defaults = DEFAULT_SYNTHETIC_SIZES if synthetic else {"train": 0, "validation": 0, "test": 0}
+    sizes = {k: (v if v is not None else defaults[k]) for k, v in given.items()}
+    if sum(sizes.values()) == 0:
+        raise ConfigError("split sizes add up to 0; ask for at least one example")
+    return sizes
+
+
+def build_dataset(
+    domain: str,
+    output_dir: str | os.PathLike[str],
+    *,
+    markup_file: str | os.PathLike[str] | None = None,
+    synthetic: bool = False,
+    train: int | None = None,
+    validation: int | None = None,
+    test: int | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    timeout: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Render a dataset from a markup file or the domain's seeded generator, and save it.
+
+    Rows are taken in a seeded order (the generator's stream, or the file's lines shuffled with
+    ``seed``) and rendered until the requested sizes are met; failed renders are left out and
+    counted. Test rows come first, then validation, then train, so a shortfall only shrinks train.
+    With a markup file and no sizes, every rendered row is used: 10% test, 10% validation, the
+    rest train. Writes the dataset, ``markup2im.json`` and ``build_summary.json`` (requested,
+    rendered, failed with reasons, shrunk counts, per split); returns the summary.
+    """
+    from markup2im.data import synth
+    from markup2im.data.markup_files import read_markup_file
+    from markup2im.data.render import DEFAULT_TIMEOUT, assign_filenames, iter_render
+
+    spec = get_domain(domain)
+    if (markup_file is None) == (not synthetic):
+        raise ConfigError("give exactly one source: --markup-file FILE or --synthetic")
+    sizes = _split_sizes(train, validation, test, synthetic)
+    width, height = width or spec.width, height or spec.height
+    started = time.monotonic()
+
+    blank_lines = 0
+    known_errors: dict[int, str] = {}
+    if synthetic:
+        source_name = f"synthetic:{spec.name}"
+        stream: Iterator[tuple[str, int | None]] = (
+            (m, None) for m in synth.iter_unique(spec.name, seed)
+        )
+    else:
+        marked = read_markup_file(markup_file)  # type: ignore[arg-type]
+        source_name = str(markup_file)
+        blank_lines = len(marked.blank_lines)
+        order = list(range(len(marked)))
+        random.Random(seed).shuffle(order)
+        known_errors = {n: marked.errors[i] for n, i in enumerate(order) if i in marked.errors}
+        stream = ((marked.markups[i], marked.lines[i]) for i in order)
+
+    needed = sum(sizes.values()) if sizes else None
+    # an endless generator whose items all fail (a broken TeX installation) must not loop forever
+    max_attempts = None if needed is None else 3 * needed + 64
+    candidates: list[tuple[str, int | None]] = []
+    outcomes: dict[int, Any] = {}
+    while True:
+        have = sum(item.ok for item in outcomes.values())
+        if needed is not None and have >= needed:
+            break
+        if max_attempts is not None and len(candidates) >= max_attempts:
+            logger.warning("giving up after %d attempts (%d rendered)", len(candidates), have)
+            break
+        # ask for what is missing plus a margin for failures, in seeded order
+        want = None if needed is None else (needed - have) + max(8, (needed - have) // 20)
+        if want is not None and max_attempts is not None:
+            want = min(want, max_attempts - len(candidates))
+        fresh = list(itertools.islice(stream, want))
+        if not fresh:
+            break
+        first = len(candidates)
+        candidates.extend(fresh)
+        skip = {n - first: e for n, e in known_errors.items() if first <= n < len(candidates)}
+        for item in iter_render(
+            spec,
+            [m for m, _ in fresh],
+            width=width,
+            height=height,
+            workers=workers,
+            timeout=timeout or DEFAULT_TIMEOUT,
+            skip=skip,
+            progress=progress,
+        ):
+            outcomes[first + item.index] = item
+        if needed is None:
+            break
+
+    good = [n for n in range(len(candidates)) if outcomes[n].ok]
+    if not good:
+        failures = [outcomes[n].error for n in range(len(candidates))][:5]
+        raise RenderError(f"{source_name}: nothing rendered; first errors: {failures}")
+    if sizes is None:
+        n_test = int(len(good) * DEFAULT_FILE_FRACTIONS["test"] + 0.5)
+        n_val = int(len(good) * DEFAULT_FILE_FRACTIONS["validation"] + 0.5)
+        sizes = {"train": len(good) - n_test - n_val, "validation": n_val, "test": n_test}
+    used = good[: sum(sizes.values())]
+    assignment = {
+        "test": used[: sizes["test"]],
+        "validation": used[sizes["test"] : sizes["test"] + sizes["validation"]],
+        "train": used[sizes["test"] + sizes["validation"] :],
+    }
+    order = [n for split_name in SPLITS for n in assignment[split_name]]
+    names = dict(zip(order, assign_filenames([candidates[n][0] for n in order]), strict=True))
+    features = features_for(spec.markup_column)
+    splits = {}
+    for split_name in SPLITS:
+        rows = assignment[split_name]
+        splits[split_name] = datasets.Dataset.from_dict(
+            {
+                spec.markup_column: [candidates[n][0] for n in rows],
+                "filename": [names[n] for n in rows],
+                "image": [{"bytes": outcomes[n].png, "path": None} for n in rows],
+            },
+            features=features,
+            split=datasets.NamedSplit(split_name),
+        )
+    dataset = datasets.DatasetDict(splits)
+
+    failed = [n for n in range(len(candidates)) if not outcomes[n].ok]
+    reasons = collections.Counter(outcomes[n].error for n in failed)
+    summary: dict[str, Any] = {
+        "domain": spec.name,
+        "source": source_name,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "requested": {k: sizes[k] for k in SPLITS},
+        "attempted": len(candidates),
+        "rendered": len(good),
+        "used": len(used),
+        "blank_lines_skipped": blank_lines,
+        "splits": {k: len(assignment[k]) for k in SPLITS},
+        "shortfall": {
+            k: sizes[k] - len(assignment[k]) for k in SPLITS if sizes[k] > len(assignment[k])
+        },
+        "failed": {
+            "count": len(failed),
+            "reasons": dict(reasons.most_common()),
+            "items": [
+                {
+                    "line": candidates[n][1],
+                    "markup": candidates[n][0][:500],
+                    "error": outcomes[n].error,
+                }
+                for n in failed[:MAX_LISTED_FAILURES]
+            ],
+        },
+        "shrunk": {
+            "total": sum(outcomes[n].shrunk for n in used),
+            **{k: sum(outcomes[n].shrunk for n in assignment[k]) for k in SPLITS},
+        },
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if summary["shortfall"]:
+        logger.warning("%s: fewer rows than requested: %s", source_name, summary["shortfall"])
+    if failed:
+        logger.warning(
+            "%d item(s) failed to render and were left out: %s",
+            len(failed),
+            dict(reasons.most_common(5)),
+        )
+    info = DatasetInfo(spec.name, spec.markup_column, width, height, spec.channels)
+    save_dataset_dir(dataset, output_dir, info, {BUILD_SUMMARY: summary})
+    return summary
+
+
+# ---- hub datasets ----------------------------------------------------------------------------
+
+SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
+HUB_PROBE_SECONDS = 3.0
+
+
+def _known_hub_datasets() -> str:
+    return ", ".join(f"{d.hub_dataset} ({d.name})" for d in DOMAINS.values())
+
+
+def hub_domain(hub_id: str) -> DomainSpec:
+    """The domain of a hub dataset, or ConfigError listing the known datasets."""
+    spec = domain_for_hub_dataset(hub_id)
+    if spec is None:
+        raise ConfigError(f"unknown dataset {hub_id!r}; known datasets: {_known_hub_datasets()}")
+    return spec
+
+
+def hub_offline_reason() -> str | None:
+    """Why the hub cannot be reached right now (None when it seems reachable).
+
+    ``HF_HUB_OFFLINE`` is honoured at once; otherwise one TCP connection to the hub endpoint is
+    tried with a short deadline, because ``datasets`` itself retries for ~25 s before failing.
+    """
+    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{variable} is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # only the proxy knows; let the real request decide
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = (
+        url.hostname or "huggingface.co",
+        url.port or (443 if url.scheme == "https" else 80),
+    )
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
+            result.append(None)
+        except OSError as exc:
+            result.append(f"cannot connect to {host}:{port} ({exc})")
+
+    thread = threading.Thread(target=probe, daemon=True)  # DNS lookups ignore socket timeouts
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS + 1)
+    return result[0] if result else f"no answer from {host}:{port} within {HUB_PROBE_SECONDS:g} s"
+
+
+def _hub_unavailable(hub_id: str, reason: str) -> HubUnavailableError:
+    return HubUnavailableError(
+        f"cannot download {hub_id} from the Hugging Face hub: {reason}. To use a local copy, "
+        "fetch the dataset repository on a machine with internet access (for example "
+        f"`hf download {hub_id} --repo-type dataset --local-dir DIR`, or its data/*.parquet "
+        f"files), copy DIR here and run `markup2im download --dataset {hub_id} --local-path DIR "
+        "--output-dir OUT`; a dataset already in the local cache loads with HF_HUB_OFFLINE=1"
+    )
+
+
+def _normalise(loaded: Any, spec: DomainSpec, origin: str) -> datasets.DatasetDict:
+    """Splits renamed to train/validation/test, columns to markup/filename/image."""
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise DataError(f"{origin}: expected splits {list(SPLITS)}, got a single split")
+    renamed = {SPLIT_ALIASES.get(name, name): split for name, split in loaded.items()}
+    missing = [s for s in SPLITS if s not in renamed]
+    if missing:
+        raise DataError(f"{origin}: missing split(s) {missing}; found {sorted(loaded)}")
+    out = {}
+    for split_name in SPLITS:
+        split = renamed[split_name]
+        if spec.markup_column not in split.column_names or "image" not in split.column_names:
+            raise DataError(
+                f"{origin} [{split_name}]: columns {split.column_names}; a {spec.name} dataset "
+                f"needs {spec.markup_column!r} and 'image'"
+            )
+        if "filename" not in split.column_names:
+            split = split.add_column(
+                "filename", assign_filenames_for(list(split[spec.markup_column]))
+            )
+        split = split.select_columns([spec.markup_column, "filename", "image"])
+        features = features_for(spec.markup_column)
+        out[split_name] = split if split.features == features else split.cast(features)
+    return datasets.DatasetDict(out)
+
+
+def assign_filenames_for(markups: list[str]) -> list[str]:
+    """File names for rows that have none (the renderer's naming rule)."""
+    from markup2im.data.render import assign_filenames
+
+    return assign_filenames(markups)
+
+
+def download_dataset(
+    hub_id: str,
+    output_dir: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    local_path: str | os.PathLike[str] | None = None,
+    max_examples: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    validate: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fetch a hub dataset (or load a local copy of its repository) and save it in our form.
+
+    ``local_path`` is a directory laid out like the hub repository (``data/train-00000-of-00001
+    .parquet``, ...) or a directory of parquet files; it loads through the same
+    ``datasets.load_dataset`` call as the hub. Offline, this fails within seconds with a
+    HubUnavailableError that says how to use a local copy. Images are checked (decodable, the
+    domain's size) before anything is written.
+    """
+    spec = hub_domain(hub_id)
+    if max_examples is not None and max_examples <= 0:
+        raise ConfigError(f"--max-examples must be > 0, got {max_examples}")
+    cache = str(cache_dir) if cache_dir is not None else None
+    if local_path is not None:
+        root = Path(local_path)
+        if not root.exists():
+            raise DataError(f"{root}: local dataset copy not found")
+        if revision:
+            logger.warning("--revision %s is ignored for a local copy (%s)", revision, root)
+        origin = str(root)
+        try:
+            loaded = datasets.load_dataset(str(root), cache_dir=cache)
+        except Exception as exc:  # datasets raises many types for unreadable directories
+            raise DataError(f"{root}: cannot load as a dataset repository copy: {exc}") from exc
+    else:
+        origin = f"{hub_id}@{revision or 'main'}"
+        reason = hub_offline_reason()
+        if reason and not reason.endswith("OFFLINE is set"):
+            raise _hub_unavailable(hub_id, reason)
+        # offline mode still loads a dataset that is already in the local cache
+        try:
+            loaded = datasets.load_dataset(hub_id, revision=revision, cache_dir=cache)
+        except Exception as exc:
+            if reason or isinstance(exc, ConnectionError | TimeoutError):
+                raise _hub_unavailable(hub_id, reason or str(exc)) from exc
+            raise DataError(f"{origin}: cannot load from the hub: {exc}") from exc
+    dataset = _normalise(loaded, spec, origin)
+    if max_examples is not None:
+        dataset = datasets.DatasetDict(
+            {k: v.select(range(min(max_examples, len(v)))) for k, v in dataset.items()}
+        )
+    info = DatasetInfo(spec.name, spec.markup_column, spec.width, spec.height, spec.channels)
+    if validate:
+        try:
+            validate_dataset(dataset, info, name=origin, progress=progress)
+        except DataError as exc:
+            raise DataError(
+                f"{exc}\n(nothing was written; --skip-validation saves it anyway)"
+            ) from exc
+    summary = {
+        "dataset": hub_id,
+        "revision": revision,
+        "local_path": str(local_path) if local_path is not None else None,
+        "max_examples": max_examples,
+        "splits": {k: len(v) for k, v in dataset.items()},
+    }
+    save_dataset_dir(dataset, output_dir, info, {DOWNLOAD_SUMMARY: summary})
+    return summary

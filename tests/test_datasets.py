@@ -1,0 +1,300 @@
+"""Building, downloading (from a local hub-layout copy), validating and reloading datasets."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from markup2im.data.datasets import (
+    BUILD_SUMMARY,
+    SPLITS,
+    DatasetInfo,
+    build_dataset,
+    download_dataset,
+    features_for,
+    load_dataset_dir,
+    read_dataset_info,
+    save_dataset_dir,
+    validate_dataset_dir,
+)
+from markup2im.data.render import render_markups
+from markup2im.data.render.canvas import png_bytes
+from markup2im.data.synth import generate
+from markup2im.errors import ConfigError, DataError
+
+CLI = [sys.executable, "-m", "markup2im"]
+HUB_ID = "yuntian-deng/im2latex-100k"
+
+
+def png_of(image: Image.Image) -> bytes:
+    return png_bytes(image)
+
+
+def blank(size=(320, 64), mode="L") -> bytes:
+    image = Image.new(mode, size, 255)
+    image.putpixel((0, 0), 0)
+    return png_of(image)
+
+
+def hub_like_dict(rows: dict[str, int], *, bad: dict[tuple[str, int], bytes] | None = None):
+    """A DatasetDict with the hub's math features: formula, filename, image."""
+    bad = bad or {}
+    splits = {}
+    for split, count in rows.items():
+        images = [bad.get((split, n), blank()) for n in range(count)]
+        splits[split] = datasets.Dataset.from_dict(
+            {
+                "formula": [f"x_{{{split[:2]}{n}}}" for n in range(count)],
+                "filename": [f"{split}{n:04d}.png" for n in range(count)],
+                "image": [{"bytes": b, "path": None} for b in images],
+            },
+            features=features_for("formula"),
+        )
+    return datasets.DatasetDict(splits)
+
+
+# ---- building --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built_math(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("build") / "math"
+    build_dataset(
+        "math", out, synthetic=True, train=6, validation=2, test=3, seed=11, progress=False
+    )
+    return out
+
+
+def test_built_dataset_has_the_hub_form_and_a_summary(built_math):
+    dataset = load_dataset_dir(built_math)
+    assert list(dataset) == list(SPLITS)
+    assert {k: len(v) for k, v in dataset.items()} == {"train": 6, "validation": 2, "test": 3}
+    for split in dataset.values():
+        assert split.column_names == ["formula", "filename", "image"]
+        assert isinstance(split.features["image"], datasets.Image)
+    assert read_dataset_info(built_math) == DatasetInfo("math", "formula", 320, 64, 1)
+    summary = json.loads((built_math / BUILD_SUMMARY).read_text())
+    assert summary["requested"] == {"train": 6, "validation": 2, "test": 3}
+    assert summary["splits"] == {"train": 6, "validation": 2, "test": 3}
+    assert summary["failed"]["count"] == 0 and summary["source"] == "synthetic:math"
+    assert set(summary["shrunk"]) == {"total", *SPLITS}
+    assert validate_dataset_dir(built_math, progress=False) == {
+        "train": 6,
+        "validation": 2,
+        "test": 3,
+    }
+
+
+def test_built_dataset_reloads_with_identical_pixels_and_text(built_math, tmp_path):
+    dataset = load_dataset_dir(built_math)
+    rows = [row for split in SPLITS for row in dataset[split]]
+    formulas = [row["formula"] for row in rows]
+    assert set(formulas) <= set(generate("math", 40, seed=11))
+    rendered = {i.markup: i for i in render_markups("math", formulas, progress=False)}
+    for row in rows:
+        again = Image.open(io.BytesIO(rendered[row["formula"]].png))
+        assert row["image"].mode == "L" and row["image"].size == (320, 64)
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(again))
+        assert row["filename"] == rendered[row["formula"]].filename
+    # the directory is self-contained: a copy elsewhere loads the same bytes
+    copy = tmp_path / "copy"
+    os.rename(built_math, copy)
+    try:
+        moved = load_dataset_dir(copy)
+        assert moved["test"][0]["formula"] == dataset["test"][0]["formula"]
+        assert moved["test"].cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"]
+    finally:
+        os.rename(copy, built_math)
+
+
+def test_building_twice_gives_the_same_rows(built_math, tmp_path):
+    again = tmp_path / "again"
+    build_dataset(
+        "math", again, synthetic=True, train=6, validation=2, test=3, seed=11, progress=False
+    )
+    for split in SPLITS:
+        a = load_dataset_dir(built_math)[split].cast_column("image", datasets.Image(decode=False))
+        b = load_dataset_dir(again)[split].cast_column("image", datasets.Image(decode=False))
+        assert a["formula"] == b["formula"] and a["filename"] == b["filename"]
+        assert [r["bytes"] for r in a["image"]] == [r["bytes"] for r in b["image"]]
+
+
+def test_build_from_a_markup_file_leaves_out_failures_and_counts_them(tmp_path):
+    markup_file = tmp_path / "formulas.txt"
+    lines = [f"x_{{{n}}} + y" for n in range(18)] + ["\\undefinedmacro", "", "x_{0} + y"]
+    markup_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "ds"
+    summary = build_dataset("math", out, markup_file=markup_file, seed=3, progress=False)
+    assert summary["attempted"] == 20 and summary["rendered"] == 19
+    assert summary["blank_lines_skipped"] == 1
+    assert summary["failed"]["count"] == 1
+    (failure,) = summary["failed"]["items"]
+    assert failure["line"] == 19 and "Undefined control sequence" in failure["error"]
+    assert summary["splits"] == {"train": 15, "validation": 2, "test": 2}  # 80/10/10 of 19
+    dataset = load_dataset_dir(out)
+    names = [n for split in SPLITS for n in dataset[split]["filename"]]
+    assert len(set(names)) == 19  # the repeated formula keeps its own row and file name
+    formulas = [f for split in SPLITS for f in dataset[split]["formula"]]
+    assert formulas.count("x_{0} + y") == 2
+
+
+def test_build_with_sizes_from_a_file_tops_up_after_failures(tmp_path):
+    markup_file = tmp_path / "formulas.txt"
+    lines = ["\\bad" + "x" * n for n in range(1, 7)] + [f"z^{{{n}}}" for n in range(30)]
+    markup_file.write_text("\n".join(lines), encoding="utf-8")
+    summary = build_dataset(
+        "math", tmp_path / "ds", markup_file=markup_file, train=20, validation=2, test=2,
+        seed=0, progress=False,
+    )  # fmt: skip
+    assert summary["splits"] == {"train": 20, "validation": 2, "test": 2}
+    assert summary["shortfall"] == {}
+
+
+def test_build_molecules_gives_rgb_images(tmp_path):
+    out = tmp_path / "mol"
+    build_dataset("molecules", out, synthetic=True, train=4, validation=1, test=1, progress=False)
+    dataset = load_dataset_dir(out)
+    assert dataset["train"].column_names == ["smiles", "filename", "image"]
+    image = dataset["train"][0]["image"]
+    assert image.mode == "RGB" and image.size == (128, 128)
+    assert read_dataset_info(out).channels == 3
+
+
+def test_build_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ConfigError, match="known domains: math, molecules, music, tables"):
+        build_dataset("chemistry", tmp_path / "x", synthetic=True, progress=False)
+    with pytest.raises(ConfigError, match="exactly one source"):
+        build_dataset("math", tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        build_dataset("math", tmp_path / "x", synthetic=True, train=-1, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_build_dataset_command(tmp_path):
+    out = tmp_path / "math"
+    proc = subprocess.run(
+        [*CLI, "build-dataset", "--domain", "math", "--synthetic", "--train", "2",
+         "--validation", "1", "--test", "1", "--seed", "4", "--workers", "2",
+         "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "train 2, validation 1, test 1" in proc.stdout
+    assert read_dataset_info(out).domain == "math"
+    assert validate_dataset_dir(out, progress=False) == {"train": 2, "validation": 1, "test": 1}
+
+
+# ---- validation --------------------------------------------------------------------------------
+
+
+def test_validation_names_every_bad_row(tmp_path):
+    wrong_size = blank(size=(100, 64))
+    bad = {("train", 1): b"\x89PNG\r\n\x1a\n not really a png", ("test", 0): wrong_size}
+    out = tmp_path / "ds"
+    save_dataset_dir(
+        hub_like_dict({"train": 3, "validation": 1, "test": 2}, bad=bad),
+        out,
+        DatasetInfo("math", "formula", 320, 64, 1),
+    )
+    with pytest.raises(DataError) as info:
+        validate_dataset_dir(out, progress=False)
+    message = str(info.value)
+    assert "2 bad row(s)" in message
+    assert "train[1] train0001.png: cannot decode image" in message
+    assert "test[0] test0000.png: image is 100x64 (WxH), expected 320x64" in message
+    assert "train0000.png" not in message
+
+
+# ---- hub datasets and local copies ---------------------------------------------------------------
+
+
+def write_hub_layout(root: Path, dataset: datasets.DatasetDict) -> Path:
+    """A directory laid out like the hub repository: data/<split>-00000-of-00001.parquet."""
+    for split, part in dataset.items():
+        part.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+def test_download_loads_a_local_copy_laid_out_like_the_hub(tmp_path):
+    source = hub_like_dict({"train": 5, "validation": 2, "test": 3})
+    repo = write_hub_layout(tmp_path / "repo", source)
+    out = tmp_path / "out"
+    summary = download_dataset(
+        HUB_ID, out, local_path=repo, cache_dir=tmp_path / "cache", progress=False
+    )
+    assert summary["splits"] == {"train": 5, "validation": 2, "test": 3}
+    assert read_dataset_info(out) == DatasetInfo("math", "formula", 320, 64, 1)
+    loaded = load_dataset_dir(out)
+    for split in SPLITS:
+        assert loaded[split]["formula"] == source[split]["formula"]
+        assert loaded[split]["filename"] == source[split]["filename"]
+        assert np.array_equal(
+            np.asarray(loaded[split][0]["image"]), np.asarray(source[split][0]["image"])
+        )
+
+
+def test_download_loads_a_plain_directory_of_parquet_files_with_a_split_limit(tmp_path):
+    source = hub_like_dict({"train": 4, "validation": 3, "test": 3})
+    folder = tmp_path / "parquet"
+    for split, part in source.items():
+        part.to_parquet(str(folder / f"{split}.parquet"))
+    out = tmp_path / "out"
+    download_dataset(
+        HUB_ID, out, local_path=folder, max_examples=2, cache_dir=tmp_path / "c", progress=False
+    )
+    assert {k: len(v) for k, v in load_dataset_dir(out).items()} == dict.fromkeys(SPLITS, 2)
+
+
+def test_download_refuses_a_local_copy_with_bad_images_and_writes_nothing(tmp_path):
+    source = hub_like_dict(
+        {"train": 2, "validation": 1, "test": 1}, bad={("validation", 0): b"junk"}
+    )
+    repo = write_hub_layout(tmp_path / "repo", source)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"validation\[0\] validation0000.png: cannot decode"):
+        download_dataset(HUB_ID, out, local_path=repo, cache_dir=tmp_path / "c", progress=False)
+    assert not out.exists()
+
+
+def test_unknown_dataset_lists_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        download_dataset("someone/other-dataset", tmp_path / "o", progress=False)
+    for hub_id in ["yuntian-deng/im2latex-100k", "yuntian-deng/im2html-100k",
+                   "yuntian-deng/im2ly-35k-syn", "yuntian-deng/im2smiles-20k"]:  # fmt: skip
+        assert hub_id in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}],
+    ids=["HF_HUB_OFFLINE", "unreachable-endpoint"],
+)
+def test_offline_download_fails_fast_and_says_what_to_do(tmp_path, env):
+    run_env = {**os.environ, **env, "HF_HOME": str(tmp_path / "hf")}
+    run_env.pop("HTTPS_PROXY", None), run_env.pop("https_proxy", None)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [*CLI, "download", "--dataset", HUB_ID, "--output-dir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=run_env,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    assert "cannot download yuntian-deng/im2latex-100k" in proc.stderr
+    assert "--local-path" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
