@@ -1,0 +1,30 @@
+"""``markup2im evaluate``: DTW, DTW with shift, SSIM and MSE of predictions against gold images."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``evaluate`` subcommand."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score predicted images against gold images (dtw, dtw_shift, ssim, mse)",
+        description=__doc__,
+    )
+    parser.add_argument("--pred-dir", required=True, help="directory of predicted images")
+    parser.add_argument("--gold-dir", required=True, help="directory of gold images (same names)")
+    parser.add_argument("--output", required=True, help="per-image metrics CSV to write")
+    parser.add_argument("--summary", default=None, help="summary JSON to write (mean/std/median)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: all cores)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate the two directories (imports the metrics only when the command runs)."""
+    from markup2im.metrics import evaluate_dirs
+
+    evaluate_dirs(args.pred_dir, args.gold_dir, args.output, args.summary, workers=args.workers)
+    return 0

@@ -1,0 +1,120 @@
+"""``markup2im figures``: sample grids, the metrics table, plots and HTML pages for the report."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def labelled(value: str) -> tuple[str, str]:
+    """Parse ``LABEL=PATH`` (the label is free text such as ``math/baseline``)."""
+    label, sep, path = value.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"expected LABEL=PATH, got {value!r}")
+    return label, path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``figures grid|metrics-table|metric-plots|loss-curves|html``."""
+    parser = subparsers.add_parser("figures", help="report figures and tables", description=__doc__)
+    commands = parser.add_subparsers(dest="figures_command", required=True, metavar="KIND")
+
+    grid = commands.add_parser("grid", help="sample grid: rows of examples, gold + each method")
+    grid.add_argument("--gold-dir", required=True, help="directory of gold images")
+    grid.add_argument(
+        "--pred",
+        required=True,
+        action="append",
+        type=labelled,
+        metavar="LABEL=DIR",
+        help="directory of one method's images (repeat)",
+    )
+    grid.add_argument("--output", required=True, help="PNG to write")
+    grid.add_argument("--limit", type=int, default=8, help="number of examples (rows)")
+    grid.add_argument("--scale", type=int, default=None, help="enlargement (default: auto)")
+    grid.set_defaults(func=run_grid)
+
+    table = commands.add_parser("metrics-table", help="dataset x method table of mean ± std")
+    table.add_argument(
+        "--summary",
+        required=True,
+        action="append",
+        type=labelled,
+        metavar="LABEL=JSON",
+        help="summary JSON of `markup2im evaluate` (repeat; LABEL like math/baseline)",
+    )
+    table.add_argument("--output", required=True, help="CSV to write")
+    table.add_argument("--html", default=None, help="also write this HTML page")
+    table.set_defaults(func=run_table)
+
+    plots = commands.add_parser("metric-plots", help="per-image metric distributions per method")
+    plots.add_argument(
+        "--metrics",
+        required=True,
+        action="append",
+        type=labelled,
+        metavar="LABEL=CSV",
+        help="per-image metrics CSV of `markup2im evaluate` (repeat)",
+    )
+    plots.add_argument("--output", required=True, help="image to write (PNG, SVG, PDF)")
+    plots.set_defaults(func=run_plots)
+
+    curves = commands.add_parser("loss-curves", help="training loss (and ss_prob) against step")
+    curves.add_argument(
+        "--train-log",
+        required=True,
+        action="append",
+        type=labelled,
+        metavar="LABEL=CSV",
+        help="train_log.csv of one run (repeat)",
+    )
+    curves.add_argument("--output", required=True, help="image to write (PNG, SVG, PDF)")
+    curves.add_argument(
+        "--window", type=int, default=None, help="moving-average window (default: 2%% of steps)"
+    )
+    curves.set_defaults(func=run_curves)
+
+    page = commands.add_parser("html", help="wrap a GIF/PNG or CSV in a self-contained HTML page")
+    page.add_argument("--input", required=True, help="GIF, PNG, JPEG, SVG or CSV file")
+    page.add_argument("--output", required=True, help="HTML page to write")
+    page.add_argument("--title", default=None, help="page title (default: the file name)")
+    page.set_defaults(func=run_html)
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    """Write the sample grid."""
+    from markup2im.visualize import sample_grid
+
+    sample_grid(args.gold_dir, args.pred, args.output, limit=args.limit, scale=args.scale)
+    return 0
+
+
+def run_table(args: argparse.Namespace) -> int:
+    """Write the metrics table."""
+    from markup2im.visualize import metrics_table
+
+    metrics_table(args.summary, args.output, args.html)
+    return 0
+
+
+def run_plots(args: argparse.Namespace) -> int:
+    """Write the metric distribution plots."""
+    from markup2im.visualize import metric_plots
+
+    metric_plots(args.metrics, args.output)
+    return 0
+
+
+def run_curves(args: argparse.Namespace) -> int:
+    """Write the training-loss curves."""
+    from markup2im.visualize import loss_curves
+
+    loss_curves(args.train_log, args.output, window=args.window)
+    return 0
+
+
+def run_html(args: argparse.Namespace) -> int:
+    """Write the HTML page."""
+    from markup2im.visualize import html_page
+
+    html_page(args.input, args.output, title=args.title)
+    return 0
