@@ -1,0 +1,115 @@
+"""``markup2im train``: baseline or scheduled-sampling training (also under ``accelerate launch``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# markup2im.scheduled_sampling.METHODS (kept here so that parsing imports no torch; a test
+# checks that they agree)
+METHODS: tuple[str, ...] = ("baseline", "scheduled_sampling")
+
+
+def weight_list(text: str) -> tuple[float, ...]:
+    """Comma-separated floats, e.g. ``0.8`` or ``0.5,0.2``."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train`` and its flags."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a markup-to-image diffusion model",
+        description="Train a baseline or scheduled-sampling DDPM on a dataset directory. "
+        "Run directly or as `accelerate launch [--num_processes N] -m markup2im train ...`. "
+        "Writes O/model, O/checkpoints/checkpoint-<step> and O/train_log.csv. On SIGTERM/SIGUSR1 "
+        "it saves a checkpoint and exits with status 143; rerun with --resume latest.",
+    )
+    p.add_argument(
+        "--dataset-dir", type=Path, required=True, help="dataset directory (train split)"
+    )
+    p.add_argument("--output-dir", type=Path, required=True, help="run directory O")
+    p.add_argument("--method", choices=METHODS, required=True)
+    p.add_argument("--model-preset", default="paper", help="model size preset (default: paper)")
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="markup encoder: hub name, local directory or 'offline' (default: the domain's)",
+    )
+    p.add_argument("--max-markup-length", type=int, default=1024, help="tokens kept (default 1024)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides epochs)")
+    p.add_argument("--batch-size", type=int, default=16, help="per process (default 16)")
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--ema", action="store_true", help="keep an EMA of the weights and save it")
+    p.add_argument("--ema-decay", type=float, default=0.9999)
+    p.add_argument("--seed", type=int, default=1234, help="torch/numpy/random seed (default 1234)")
+    p.add_argument("--data-seed", type=int, default=42, help="data shuffle seed (default 42)")
+    p.add_argument("--ss-max-m", type=int, default=1, help="longest rollout M (default 1)")
+    p.add_argument("--ss-start", type=weight_list, default=None, help="weights of m=1..M at start")
+    p.add_argument("--ss-end", type=weight_list, default=None, help="weights at the end (0.8)")
+    p.add_argument(
+        "--ss-min-t",
+        type=int,
+        default=None,
+        help="skip scheduled sampling when min(t) <= this (the original's earlier guard: 50)",
+    )
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument(
+        "--checkpoints-total-limit", type=int, default=3, help="checkpoints kept (0: all)"
+    )
+    p.add_argument("--resume", choices=("latest", "none"), default="none")
+    p.add_argument("--limit-train", type=int, default=None, help="use the first N train examples")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the config from the flags and train."""
+    from markup2im.training import EXIT_INTERRUPTED, TrainConfig, TrainingInterrupted, train
+
+    config = TrainConfig(
+        dataset_dir=args.dataset_dir,
+        output_dir=args.output_dir,
+        method=args.method,
+        model_preset=args.model_preset,
+        encoder=args.encoder,
+        max_markup_length=args.max_markup_length,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        max_grad_norm=args.max_grad_norm,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        ema=args.ema,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        data_seed=args.data_seed,
+        ss_max_m=args.ss_max_m,
+        ss_start=args.ss_start,
+        ss_end=args.ss_end,
+        ss_min_t=args.ss_min_t,
+        checkpoint_every=args.checkpoint_every,
+        checkpoints_total_limit=args.checkpoints_total_limit or None,
+        resume=args.resume,
+        limit_train=args.limit_train,
+        num_workers=args.num_workers,
+    )
+    try:
+        train(config)
+    except TrainingInterrupted as exc:
+        print(f"markup2im train: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0

@@ -1,0 +1,281 @@
+"""Sampling: DDPM (the paper's sampler), DDIM and DPM-Solver++ loops, per-example noise, frames.
+
+- ``ddpm``: ancestral sampling over all T = 1000 steps, the x0 prediction clipped to [-1, 1] and
+  the "fixed_small" posterior variance (the original's sampler).
+- ``ddim``: deterministic DDIM (eta = 0), x0 clipped to [-1, 1], default 50 steps.
+- ``dpmsolver++``: second-order multistep DPM-Solver++, x0 thresholded to [-1, 1] (dynamic
+  thresholding with a maximum of 1, i.e. clipping; without it an untrained model's output is
+  unbounded), default 20 steps.
+
+Every example has its own CPU generator seeded from (seed, index of the example in its split) that
+draws its initial noise and each step's noise, so an image does not depend on the batch size or
+its position in the batch (the original reseeded the same noise for every batch). Frames are the
+clipped x0 predictions of every k-th step (step 0 = first denoising step) plus the last step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from markup2im.atomic import save_image
+from markup2im.data.datasets import load_split, read_dataset_info
+from markup2im.diffusion import NoiseSchedule
+from markup2im.errors import ConfigError, DataError
+from markup2im.images import load_image, tensor_to_image
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++")
+DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmsolver++": 20}
+
+FrameCallback = Callable[[int, int, torch.Tensor], None]
+"""Called with (position in the batch, step index, clipped x0 prediction (C, H, W) on the CPU)."""
+
+
+def make_scheduler(
+    sampler: str, scheduler_config: dict[str, Any], num_inference_steps: int | None = None
+) -> Any:
+    """A diffusers scheduler for ``sampler`` built from the model's DDPM config, timesteps set."""
+    config = dict(scheduler_config)
+    if sampler == "ddpm":
+        scheduler = DDPMScheduler.from_config(
+            config,
+            clip_sample=True,
+            clip_sample_range=1.0,
+            variance_type="fixed_small",
+            thresholding=False,
+        )
+    elif sampler == "ddim":
+        scheduler = DDIMScheduler.from_config(
+            config,
+            clip_sample=True,
+            clip_sample_range=1.0,
+            set_alpha_to_one=True,
+            thresholding=False,
+        )
+    elif sampler == "dpmsolver++":
+        scheduler = DPMSolverMultistepScheduler.from_config(
+            config,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            thresholding=True,
+            sample_max_value=1.0,
+            dynamic_thresholding_ratio=0.995,
+            lower_order_final=True,
+        )
+    else:
+        raise ConfigError(f"unknown sampler {sampler!r}; known samplers: {', '.join(SAMPLERS)}")
+    steps = num_inference_steps or DEFAULT_STEPS[sampler] or scheduler.config.num_train_timesteps
+    if not 1 <= steps <= scheduler.config.num_train_timesteps:
+        raise ConfigError(
+            f"num_inference_steps must lie in 1..{scheduler.config.num_train_timesteps}, got {steps}"
+        )
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def example_seed(seed: int, index: int) -> int:
+    """The noise seed of the example at ``index`` of its split."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0])
+
+
+def example_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One seeded CPU generator per example."""
+    return [torch.Generator().manual_seed(example_seed(seed, i)) for i in indices]
+
+
+def frame_steps(num_steps: int, every: int) -> set[int]:
+    """Step indices whose x0 prediction becomes a frame: every k-th from 0, plus the last."""
+    if every <= 0:
+        return set()
+    return set(range(0, num_steps, every)) | {num_steps - 1}
+
+
+@torch.no_grad()
+def sample(
+    model: Any,
+    markups: Sequence[str],
+    generators: Sequence[torch.Generator],
+    *,
+    sampler: str = "ddpm",
+    num_inference_steps: int | None = None,
+    frames_every: int = 0,
+    frames_for: Sequence[bool] | None = None,
+    on_frame: FrameCallback | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Final samples (B, C, H, W) on the CPU for ``markups``, one generator per example.
+
+    Each sampler ends on a clipped (or thresholded) x0 prediction, so values lie in [-1, 1].
+    """
+    if len(generators) != len(markups):
+        raise ValueError(f"{len(markups)} markups but {len(generators)} generators")
+    scheduler = make_scheduler(sampler, model.scheduler_config, num_inference_steps)
+    schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
+    device = next(model.denoiser.parameters()).device
+    hidden, mask = model.encode(list(markups))
+    shape = (len(markups), model.channels, model.height, model.width)
+    x = randn_tensor(shape, generator=list(generators), device=device, dtype=torch.float32)
+    x = x * scheduler.init_noise_sigma
+    keep = frame_steps(len(scheduler.timesteps), frames_every) if on_frame else set()
+    wanted = [i for i, w in enumerate(frames_for or [True] * len(markups)) if w]
+    for step, t in enumerate(scheduler.timesteps):
+        timesteps = torch.full((len(markups),), int(t), device=device, dtype=torch.long)
+        model_input = scheduler.scale_model_input(x, t)
+        eps = model(model_input, timesteps, hidden, mask).float()
+        if step in keep and wanted:
+            x0 = schedule.x0_from_eps(x[wanted], eps[wanted], timesteps[wanted]).clamp(-1, 1)
+            for position, frame in zip(wanted, x0.cpu(), strict=True):
+                on_frame(position, step, frame)
+        x = scheduler.step(eps, t, x, generator=list(generators)).prev_sample
+        if on_step is not None:
+            on_step()
+    return x.cpu()
+
+
+@dataclass
+class GenerateResult:
+    """What ``generate`` wrote."""
+
+    count: int
+    images_dir: Path
+    gold_dir: Path
+    frames_dir: Path
+    seconds: float
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def generate(
+    model_dir: str | Path,
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 16,
+    sampler: str = "ddpm",
+    num_inference_steps: int | None = None,
+    seed: int = 1234,
+    frames_every: int = 0,
+    frames_for: Sequence[str] | None = None,
+    device: str = "auto",
+) -> GenerateResult:
+    """Generate the first ``limit`` examples of a split: images, gold images and frames.
+
+    Writes output_dir/images/<filename>, output_dir/gold/<filename> and, with ``frames_every``,
+    output_dir/frames/<stem>/step_<NNNN>.png for the examples named in ``frames_for`` (all
+    generated examples when it is not given).
+    """
+    from tqdm.auto import tqdm
+
+    from markup2im.pipeline import Markup2ImModel
+
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; known samplers: {', '.join(SAMPLERS)}")
+    if batch_size < 1 or (limit is not None and limit < 0) or frames_every < 0:
+        raise ConfigError("generate: batch_size must be >= 1, limit and frames_every >= 0")
+    started = time.perf_counter()
+    out = Path(output_dir)
+    images_dir, gold_dir, frames_dir = out / "images", out / "gold", out / "frames"
+    info = read_dataset_info(dataset_dir)
+    data = load_split(dataset_dir, split)
+    count = len(data) if limit is None else min(limit, len(data))
+    data = data.select(range(count))
+    filenames = [_safe_name(str(f)) for f in data["filename"]]
+    markups = [str(m) for m in data[info.markup_column]]
+    if len(set(filenames)) != len(filenames):
+        raise DataError(f"{dataset_dir} {split}: duplicate filenames")
+    wanted_frames = set(filenames if frames_for is None else frames_for)
+    missing = sorted(wanted_frames - set(filenames))
+    if frames_every and missing:
+        raise DataError(f"--frames-for names files not among the generated examples: {missing}")
+
+    torch_device = resolve_device(device)
+    model = Markup2ImModel.from_pretrained(model_dir, device=torch_device)
+    model.eval()
+    if (model.width, model.height, model.channels) != (info.width, info.height, info.channels):
+        raise ConfigError(
+            f"model {model_dir} makes {model.width}x{model.height}x{model.channels} images but "
+            f"dataset {dataset_dir} has {info.width}x{info.height}x{info.channels}"
+        )
+    images = data.select_columns(["image"]).cast_column("image", _undecoded_image())
+    steps = len(make_scheduler(sampler, model.scheduler_config, num_inference_steps).timesteps)
+    logger.info(
+        "generating %d %s images with %s (%d steps) on %s, batch %d",
+        count,
+        split,
+        sampler,
+        steps,
+        torch_device,
+        batch_size,
+    )
+    total = math.ceil(count / batch_size) * steps
+    progress = tqdm(total=total, desc=f"generate {sampler}", unit="step")
+    try:
+        for start in range(0, count, batch_size):
+            indices = list(range(start, min(start + batch_size, count)))
+            names = [filenames[i] for i in indices]
+            for i, name in zip(indices, names, strict=True):
+                gold = load_image(
+                    images[i]["image"],
+                    channels=info.channels,
+                    size=(info.width, info.height),
+                    name=f"{dataset_dir} {split} example {i} ({name})",
+                )
+                save_image(gold, gold_dir / name)
+
+            def write_frame(position: int, step: int, frame: torch.Tensor) -> None:
+                stem = Path(names[position]).stem  # noqa: B023
+                save_image(tensor_to_image(frame), frames_dir / stem / f"step_{step:04d}.png")
+
+            result = sample(
+                model,
+                [markups[i] for i in indices],
+                example_generators(seed, indices),
+                sampler=sampler,
+                num_inference_steps=num_inference_steps,
+                frames_every=frames_every,
+                frames_for=[n in wanted_frames for n in names],
+                on_frame=write_frame if frames_every else None,
+                on_step=lambda: progress.update(1),
+            )
+            for name, image in zip(names, result, strict=True):
+                save_image(tensor_to_image(image), images_dir / name)
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - started
+    logger.info("wrote %d images to %s in %.1f s", count, images_dir, seconds)
+    return GenerateResult(count, images_dir, gold_dir, frames_dir, seconds)
+
+
+def _safe_name(filename: str) -> str:
+    """The dataset filename as a plain PNG name (no directories)."""
+    name = Path(filename).name
+    if not name or name in (".", ".."):
+        raise DataError(f"invalid filename {filename!r} in dataset")
+    return name if Path(name).suffix.lower() == ".png" else f"{name}.png"
+
+
+def _undecoded_image() -> Any:
+    import datasets
+
+    return datasets.Image(decode=False)

@@ -1,0 +1,676 @@
+"""The training loop: baseline and scheduled-sampling DDPM training on HF accelerate.
+
+One trainer serves both methods (baseline = scheduled-sampling weights 0, see
+:mod:`markup2im.scheduled_sampling`). It runs as a plain process or under ``accelerate launch``
+(one process per device, gradients averaged by DDP); the markup encoder is frozen and runs outside
+the DDP wrapper, only the denoiser trains.
+
+Defaults are the paper's: AdamW (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01), 500
+warm-up steps then cosine to 0, gradient-norm clip 1.0, batch 16 per process, 100 epochs, fp32, no
+EMA, data-shuffle seed 42 and torch/numpy/random seed 1234. Unlike the original, the learning rate
+is a float, only the main process writes files and every data-loader worker seeds numpy.
+
+Output directory::
+
+    O/checkpoints/checkpoint-<step>/   Accelerator.save_state + markup2im_train.json (resume point)
+    O/train_log.csv                    step, epoch, loss, lr, ss_prob, m, seconds (one row per step)
+    O/model/                           the final Markup2ImModel.save_pretrained layout
+
+Reproducible and preemption-safe: the data order is a seeded permutation per epoch, and all
+randomness of a step (t, m, noise, rollout noise) comes from a generator seeded by (seed, process,
+step). A checkpoint therefore only needs the model, optimizer, lr scheduler, EMA and the position
+(epoch, batches consumed); on CPU a run killed with SIGTERM and resumed ends with the same weights,
+bit for bit, as an uninterrupted one. SIGTERM or SIGUSR1 (what Slurm sends before preempting)
+makes the trainer finish its step, save a checkpoint and raise :class:`TrainingInterrupted`.
+A non-finite loss raises TrainingDivergedError and never overwrites the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from markup2im.atomic import atomic_path, write_json
+from markup2im.data.datasets import DatasetInfo, load_split, read_dataset_info
+from markup2im.diffusion import NoiseSchedule
+from markup2im.errors import ConfigError, DataError, TrainingDivergedError
+from markup2im.images import image_to_tensor, load_image
+from markup2im.presets import DOMAINS
+from markup2im.scheduled_sampling import ScheduledSamplingConfig, prepare_step, step_loss
+
+logger = logging.getLogger(__name__)
+
+LOG_COLUMNS: tuple[str, ...] = ("step", "epoch", "loss", "lr", "ss_prob", "m", "seconds")
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "markup2im_train.json"
+MIXED_PRECISION = ("no", "fp16", "bf16")
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM: what a process killed by SIGTERM reports
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint; rerun with --resume latest."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(
+            f"interrupted by a signal at step {step}; checkpoint saved in {checkpoint}; "
+            "continue with --resume latest"
+        )
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (the CLI flags of ``markup2im train``)."""
+
+    dataset_dir: Path
+    output_dir: Path
+    method: str = "baseline"
+    model_preset: str = "paper"
+    encoder: str | None = None  # None: the dataset domain's hub encoder (paper)
+    max_markup_length: int = 1024
+    epochs: int = 100
+    max_steps: int | None = None
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    warmup_steps: int = 500
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"
+    ema: bool = False
+    ema_decay: float = 0.9999
+    seed: int = 1234
+    data_seed: int = 42
+    ss_max_m: int = 1
+    ss_start: tuple[float, ...] | None = None
+    ss_end: tuple[float, ...] | None = None
+    ss_min_t: int | None = None
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int | None = 3
+    resume: str = "none"
+    limit_train: int | None = None
+    num_workers: int = 0
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid setting."""
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "checkpoint_every": self.checkpoint_every,
+            "max_markup_length": self.max_markup_length,
+        }
+        if self.max_steps is not None:
+            positive["max_steps"] = self.max_steps
+        if self.limit_train is not None:
+            positive["limit_train"] = self.limit_train
+        if self.checkpoints_total_limit is not None:
+            positive["checkpoints_total_limit"] = self.checkpoints_total_limit
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"train: {key} must be >= 1, got {value}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(
+                f"train: learning_rate must be a positive number, got {self.learning_rate}"
+            )
+        if self.warmup_steps < 0 or self.num_workers < 0:
+            raise ConfigError("train: warmup_steps and num_workers must be >= 0")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"train: max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(
+                f"train: mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                f"got {self.mixed_precision!r}"
+            )
+        if self.resume not in ("latest", "none"):
+            raise ConfigError(f"train: resume must be 'latest' or 'none', got {self.resume!r}")
+        if not 0 < self.ema_decay < 1:
+            raise ConfigError(f"train: ema_decay must lie in (0, 1), got {self.ema_decay}")
+
+    def scheduled_sampling(self) -> ScheduledSamplingConfig:
+        """The rollout weights of this run's method."""
+        return ScheduledSamplingConfig.for_method(
+            self.method,
+            max_m=self.ss_max_m,
+            start=self.ss_start,
+            end=self.ss_end,
+            min_t=self.ss_min_t,
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Settings a checkpoint can only be resumed with unchanged."""
+        skip = {"dataset_dir", "output_dir", "resume", "checkpoint_every", "checkpoints_total_limit",
+                "num_workers"}  # fmt: skip
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in skip
+        }
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    model_dir: Path
+    steps: int
+    final_loss: float
+    world_size: int
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+class MarkupImageDataset(torch.utils.data.Dataset):
+    """(markup, image tensor) pairs of one split; images decoded lazily and size-checked."""
+
+    def __init__(self, split: datasets.Dataset, info: DatasetInfo, label: str, limit: int | None):
+        if limit is not None:
+            split = split.select(range(min(limit, len(split))))
+        for column in (info.markup_column, "filename", "image"):
+            if column not in split.column_names:
+                raise DataError(f"{label}: no column {column!r} (columns: {split.column_names})")
+        self.markups: list[str] = [str(m) for m in split[info.markup_column]]
+        self.filenames: list[str] = [str(f) for f in split["filename"]]
+        self.images = split.select_columns(["image"]).cast_column(
+            "image", datasets.Image(decode=False)
+        )
+        self.info = info
+        self.label = label
+
+    def __len__(self) -> int:
+        return len(self.markups)
+
+    def __getitem__(self, index: int) -> tuple[str, torch.Tensor]:
+        name = f"{self.label} example {index} ({self.filenames[index]})"
+        image = load_image(
+            self.images[index]["image"],
+            channels=self.info.channels,
+            size=(self.info.width, self.info.height),
+            name=name,
+        )
+        return self.markups[index], image_to_tensor(image)
+
+
+def collate(batch: Sequence[tuple[str, torch.Tensor]]) -> tuple[list[str], torch.Tensor]:
+    """Markups as a list, images stacked to (B, C, H, W)."""
+    return [m for m, _ in batch], torch.stack([x for _, x in batch])
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each data-loader worker its own numpy and random seed (torch seeds itself per worker)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 64-bit seed from integers (seed, process, step, ...), well mixed and stable."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0])
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """This process's share of a seeded permutation of the data for one epoch.
+
+    The permutation depends on (data seed, epoch) only; it is padded by wrapping round so that
+    every process gets ceil(N / world) indices, and process r takes every world-th index from r.
+    ``skip`` drops the first indices of this process's share (resuming inside an epoch).
+    """
+
+    def __init__(self, size: int, seed: int, rank: int, world_size: int) -> None:
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.per_process = math.ceil(size / world_size)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def indices(self) -> list[int]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        order = torch.randperm(self.size, generator=generator).tolist()
+        padded = (order * math.ceil(self.per_process * self.world_size / self.size))[
+            : self.per_process * self.world_size
+        ]
+        return padded[self.rank :: self.world_size][self.skip :]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return max(0, self.per_process - self.skip)
+
+
+# ---- checkpoint state ---------------------------------------------------------------------
+
+
+class TrainerState:
+    """Position of the run: optimizer steps done, epoch, batches of this epoch consumed, time."""
+
+    def __init__(self) -> None:
+        self.global_step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self.seconds = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.global_step = int(state["global_step"])
+        self.epoch = int(state["epoch"])
+        self.batches_in_epoch = int(state["batches_in_epoch"])
+        self.seconds = float(state["seconds"])
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGUSR1; the loop checks it between steps (installed in the main thread)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __enter__(self) -> StopFlag:
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers, no preemption
+            for sig in PREEMPT_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def list_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (with their state file) as (step, path), oldest first."""
+    found = []
+    if checkpoint_dir.is_dir():
+        for path in checkpoint_dir.iterdir():
+            match = CHECKPOINT_PATTERN.match(path.name)
+            if match and (path / STATE_FILE).is_file():
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def _check_resumable(checkpoint: Path, config: TrainConfig, world_size: int) -> None:
+    record = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    saved, current = record.get("config", {}), config.fingerprint()
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"{checkpoint}: cannot resume, settings differ from the checkpointed run ({details}); "
+            "use the same settings or another --output-dir"
+        )
+    if record.get("world_size") != world_size:
+        logger.warning(
+            "%s was written by %s processes, resuming with %s: the data order per process changes",
+            checkpoint,
+            record.get("world_size"),
+            world_size,
+        )
+
+
+def _rewrite_log(log_path: Path, keep_up_to_step: int | None) -> None:
+    """Start the CSV log afresh, keeping rows up to a resumed step (rows after it are redone)."""
+    rows: list[list[str]] = []
+    if keep_up_to_step is not None and log_path.is_file():
+        with log_path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.reader(handle):
+                if len(row) == len(LOG_COLUMNS) and row[0].isdigit():
+                    if int(row[0]) <= keep_up_to_step:
+                        rows.append(row)
+    with atomic_path(log_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(LOG_COLUMNS)
+        writer.writerows(rows)
+
+
+def _all_finite(parameters: Iterator[torch.nn.Parameter] | Sequence[torch.nn.Parameter]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in parameters)
+
+
+def _unwrap_sample(output: Any) -> torch.Tensor:
+    """The noise prediction of a denoiser call (a tensor, or an output object with ``sample``)."""
+    return output.sample if hasattr(output, "sample") else output
+
+
+# ---- the loop -----------------------------------------------------------------------------
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train a Markup2ImModel on ``config.dataset_dir`` and save it to ``output_dir/model``.
+
+    Raises TrainingInterrupted after saving a checkpoint when SIGTERM/SIGUSR1 arrives, and
+    TrainingDivergedError (keeping the last good checkpoint) when the loss becomes non-finite.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from tqdm.auto import tqdm
+
+    from markup2im.pipeline import Markup2ImModel
+
+    config.validate()
+    # accelerate logs every file of a checkpoint at INFO; one line of ours says the same
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)
+    ss_config = config.scheduled_sampling()
+    output_dir, dataset_dir = Path(config.output_dir), Path(config.dataset_dir)
+    checkpoint_dir, log_path = output_dir / "checkpoints", output_dir / "train_log.csv"
+
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        project_dir=str(output_dir),
+        cpu=_cpu_processes(),
+    )
+    rank, world_size = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    set_seed(config.seed)
+
+    info = read_dataset_info(dataset_dir)
+    dataset = MarkupImageDataset(
+        load_split(dataset_dir, "train"), info, f"{dataset_dir} train", config.limit_train
+    )
+    if len(dataset) == 0:
+        raise DataError(f"{dataset_dir}: the train split is empty")
+    encoder = config.encoder or _default_encoder(info)
+    model = Markup2ImModel.from_config(
+        model_preset=config.model_preset,
+        encoder=encoder,
+        height=info.height,
+        width=info.width,
+        channels=info.channels,
+        max_markup_length=config.max_markup_length,
+    )
+    model.to(accelerator.device)
+    schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
+    params = list(model.trainable_parameters())
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=float(config.learning_rate),
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+    )
+
+    sampler = EpochSampler(len(dataset), config.data_seed, rank, world_size)
+    batches_per_epoch = math.ceil(sampler.per_process / config.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_steps)
+    denoiser, optimizer = accelerator.prepare(model.denoiser, optimizer)
+
+    state = TrainerState()
+    accelerator.register_for_checkpointing(lr_scheduler, state)
+    ema = None
+    if config.ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=config.ema_decay)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    resumed_from = _start_or_resume(accelerator, config, checkpoint_dir, world_size)
+    if main:
+        _rewrite_log(log_path, state.global_step if resumed_from else None)
+    accelerator.wait_for_everyone()
+    logger.info(
+        "process %d of %d: %s training, %d examples, %d steps per epoch, %d steps in all%s",
+        rank,
+        world_size,
+        config.method,
+        len(dataset),
+        steps_per_epoch,
+        total_steps,
+        f", resuming at step {state.global_step} from {resumed_from}" if resumed_from else "",
+    )
+
+    def save_checkpoint() -> Path:
+        if not _all_finite(params):
+            raise TrainingDivergedError(
+                f"weights became non-finite by step {state.global_step}; not checkpointing; "
+                f"last good checkpoint: {_latest_path(checkpoint_dir)}; lower --learning-rate"
+            )
+        final = checkpoint_dir / f"checkpoint-{state.global_step}"
+        tmp = checkpoint_dir / f".tmp-checkpoint-{state.global_step}"
+        if main and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))  # every process: its RNG file; the main one the rest
+        accelerator.wait_for_everyone()
+        if main:
+            write_json(
+                tmp / STATE_FILE,
+                {"config": config.fingerprint(), "world_size": world_size, **state.state_dict()},
+            )
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _prune_checkpoints(checkpoint_dir, config.checkpoints_total_limit)
+            logger.info("saved checkpoint %s", final)
+        accelerator.wait_for_everyone()
+        return final
+
+    log_file = log_path.open("a", newline="", encoding="utf-8") if main else None
+    log_writer = csv.writer(log_file) if log_file else None
+    tensorboard = _tensorboard_writer(output_dir) if main else None
+    progress = tqdm(
+        total=total_steps, initial=state.global_step, desc="train", disable=not main, unit="step"
+    )
+    last_loss = float("nan")
+    denoiser.train()
+    try:
+        with StopFlag() as stop:
+            while state.global_step < total_steps:
+                sampler.set_epoch(state.epoch, state.batches_in_epoch * config.batch_size)
+                loader = torch.utils.data.DataLoader(
+                    dataset,
+                    batch_size=config.batch_size,
+                    sampler=sampler,
+                    collate_fn=collate,
+                    num_workers=config.num_workers,
+                    worker_init_fn=seed_worker,
+                    pin_memory=accelerator.device.type == "cuda",
+                )
+                batches = iter(loader)
+                while (
+                    state.batches_in_epoch < batches_per_epoch and state.global_step < total_steps
+                ):
+                    started = time.perf_counter()
+                    group = min(
+                        config.gradient_accumulation_steps,
+                        batches_per_epoch - state.batches_in_epoch,
+                    )
+                    generator = torch.Generator().manual_seed(
+                        derive_seed(config.seed, rank, state.global_step)
+                    )
+                    fraction = state.global_step / total_steps
+                    lr = float(lr_scheduler.get_last_lr()[0])
+                    loss_sum = torch.zeros((), device=accelerator.device)
+                    m_used = 0
+                    for micro in range(group):
+                        markups, images = next(batches)
+                        images = images.to(accelerator.device, non_blocking=True)
+                        hidden, mask = model.encode(markups)
+
+                        def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                            return _unwrap_sample(denoiser(x, t, hidden, mask))  # noqa: B023
+
+                        sync = micro == group - 1
+                        with contextlib.nullcontext() if sync else accelerator.no_sync(denoiser):
+                            inputs = prepare_step(
+                                eps_model, schedule, ss_config, images, fraction, generator
+                            )
+                            loss = step_loss(eps_model, inputs)
+                            accelerator.backward(loss / group)
+                        loss_sum += loss.detach().float()
+                        m_used = max(m_used, inputs.m)
+                    stats = torch.stack(
+                        [
+                            loss_sum / group,
+                            torch.tensor(float(stop.signal is not None), device=loss_sum.device),
+                        ]
+                    )
+                    stats = accelerator.reduce(stats, reduction="sum")
+                    last_loss = float(stats[0]) / world_size
+                    stopping = float(stats[1]) > 0
+                    if not math.isfinite(last_loss):
+                        raise TrainingDivergedError(
+                            f"loss became {last_loss} at step {state.global_step + 1} (lr {lr:.3g}); "
+                            f"last good checkpoint: {_latest_path(checkpoint_dir)}; "
+                            "lower --learning-rate"
+                        )
+                    accelerator.clip_grad_norm_(denoiser.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.step(params)
+                    state.global_step += 1
+                    state.batches_in_epoch += group
+                    state.seconds += time.perf_counter() - started
+                    ss_prob = ss_config.probability(fraction)
+                    if log_writer is not None:
+                        log_writer.writerow(
+                            [
+                                state.global_step,
+                                state.epoch,
+                                f"{last_loss:.8g}",
+                                f"{lr:.8g}",
+                                f"{ss_prob:.6g}",
+                                m_used,
+                                f"{state.seconds:.3f}",
+                            ]
+                        )
+                        log_file.flush()
+                    if tensorboard is not None:
+                        for key, value in (("loss", last_loss), ("lr", lr), ("ss_prob", ss_prob)):
+                            tensorboard.add_scalar(f"train/{key}", value, state.global_step)
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{last_loss:.4f}", m=m_used, refresh=False)
+                    if state.global_step % config.checkpoint_every == 0 or stopping:
+                        checkpoint = save_checkpoint()
+                    if stopping:
+                        raise TrainingInterrupted(state.global_step, checkpoint)
+                if state.batches_in_epoch >= batches_per_epoch:
+                    state.epoch += 1
+                    state.batches_in_epoch = 0
+    finally:
+        progress.close()
+        if log_file is not None:
+            log_file.close()
+        if tensorboard is not None:
+            tensorboard.close()
+
+    model_dir = output_dir / "model"
+    if not _all_finite(params):
+        raise TrainingDivergedError(f"weights are non-finite after step {state.global_step}")
+    accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to(params)
+    if main:
+        model.save_pretrained(model_dir)
+        logger.info("saved model to %s", model_dir)
+    accelerator.wait_for_everyone()
+    logger.info(
+        "process %d of %d: finished %d steps, final loss %.5f",
+        rank,
+        world_size,
+        state.global_step,
+        last_loss,
+    )
+    accelerator.end_training()
+    return TrainResult(model_dir, state.global_step, last_loss, world_size)
+
+
+def _cpu_processes() -> bool:
+    """True for several processes without CUDA (launched by torchrun): they train with gloo.
+
+    Accelerate only forms a CPU process group when told to run on CPU; ``accelerate launch
+    --cpu`` itself starts one process, so on CPU use ``accelerate launch --multi_gpu
+    --num_processes N`` (torchrun), which this makes work without a GPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return world > 1 and not torch.cuda.is_available()
+
+
+def _default_encoder(info: DatasetInfo) -> str:
+    spec = DOMAINS.get(info.domain)
+    if spec is None:
+        raise ConfigError(
+            f"dataset domain {info.domain!r} has no default encoder; pass --encoder NAME_OR_DIR"
+        )
+    return spec.hub_encoder
+
+
+def _start_or_resume(
+    accelerator: Any, config: TrainConfig, checkpoint_dir: Path, world_size: int
+) -> Path | None:
+    """Load the latest checkpoint for --resume latest; refuse to mix runs for --resume none."""
+    checkpoints = list_checkpoints(checkpoint_dir)
+    if accelerator.is_main_process and checkpoint_dir.is_dir():
+        for stale in checkpoint_dir.glob(".tmp-checkpoint-*"):  # left by a kill during a save
+            shutil.rmtree(stale, ignore_errors=True)
+    if config.resume == "none":
+        if checkpoints:
+            raise ConfigError(
+                f"{checkpoint_dir} holds checkpoints of an earlier run; pass --resume latest to "
+                "continue it, or use another --output-dir"
+            )
+        return None
+    if not checkpoints:
+        logger.info("no checkpoint in %s: starting from scratch", checkpoint_dir)
+        return None
+    _, latest = checkpoints[-1]
+    _check_resumable(latest, config, world_size)
+    accelerator.load_state(str(latest))
+    return latest
+
+
+def _latest_path(checkpoint_dir: Path) -> str:
+    checkpoints = list_checkpoints(checkpoint_dir)
+    return str(checkpoints[-1][1]) if checkpoints else "none"
+
+
+def _prune_checkpoints(checkpoint_dir: Path, limit: int | None) -> None:
+    if limit is None:
+        return
+    checkpoints = list_checkpoints(checkpoint_dir)
+    for _, path in checkpoints[: max(0, len(checkpoints) - limit)]:
+        logger.info("removing old checkpoint %s", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _tensorboard_writer(output_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter in output_dir/tensorboard when tensorboard is installed."""
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(output_dir / "tensorboard"))

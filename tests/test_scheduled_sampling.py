@@ -1,0 +1,204 @@
+"""Tests of the scheduled-sampling formulas (DESIGN section 6) with a small deterministic model.
+
+The formula is what is under test, so a tiny eps-model built here stands in for the denoiser.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from markup2im.diffusion import NoiseSchedule
+from markup2im.errors import ConfigError
+from markup2im.scheduled_sampling import (
+    ScheduledSamplingConfig,
+    build_inputs,
+    clamp_m,
+    draw_m,
+    prepare_step,
+    step_loss,
+)
+
+torch.set_num_threads(1)
+
+
+class TinyEps(torch.nn.Module):
+    """eps(x, t) = conv(x) + w * t / T: deterministic, depends on both inputs, has parameters."""
+
+    def __init__(self, num_train_timesteps: int = 1000) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.w = torch.nn.Parameter(torch.tensor(0.3))
+        self.T = num_train_timesteps
+        self.calls: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        assert int(t.max()) <= self.T - 1 and int(t.min()) >= 0, "timestep outside the schedule"
+        self.calls.append(t.clone())
+        return self.conv(x) + self.w * (t.float() / self.T).reshape(-1, 1, 1, 1)
+
+
+def schedule_of(T: int = 1000) -> NoiseSchedule:
+    config = DDPMScheduler(
+        num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
+    ).config
+    return NoiseSchedule.from_scheduler_config(config)
+
+
+def gold(batch: int = 4, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 1, 6, 7, generator=gen) * 2 - 1
+
+
+def test_ramp_weights_at_start_middle_end() -> None:
+    config = ScheduledSamplingConfig(max_m=2, start=(0.1, 0.0), end=(0.5, 0.3))
+    assert config.weights(0.0) == pytest.approx((0.9, 0.1, 0.0))
+    assert config.weights(0.5) == pytest.approx((0.55, 0.3, 0.15))
+    assert config.weights(1.0) == pytest.approx((0.2, 0.5, 0.3))
+    assert config.probability(0.5) == pytest.approx(0.45)
+    paper = ScheduledSamplingConfig.for_method("scheduled_sampling")
+    assert paper.weights(0.0) == pytest.approx((1.0, 0.0))
+    assert paper.weights(0.5) == pytest.approx((0.6, 0.4))
+    assert paper.weights(1.0) == pytest.approx((0.2, 0.8))
+    baseline = ScheduledSamplingConfig.for_method("baseline")
+    assert baseline.weights(1.0) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_m": 2, "start": (0.0,), "end": (0.5, 0.5)},
+        {"max_m": 1, "start": (0.0,), "end": (1.2,)},
+        {"max_m": 2, "start": (0.0, 0.0), "end": (0.7, 0.7)},
+        {"max_m": 0, "start": (), "end": ()},
+    ],
+)
+def test_invalid_weights_raise_config_error(kwargs: dict) -> None:
+    with pytest.raises(ConfigError, match="scheduled sampling"):
+        ScheduledSamplingConfig(**kwargs)
+
+
+def test_baseline_with_weights_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="baseline"):
+        ScheduledSamplingConfig.for_method("baseline", end=[0.8])
+    with pytest.raises(ConfigError, match="unknown training method"):
+        ScheduledSamplingConfig.for_method("teacher_forcing")
+
+
+def test_draw_m_follows_weights() -> None:
+    gen = torch.Generator().manual_seed(3)
+    weights = (0.2, 0.5, 0.3)
+    counts = np.bincount([draw_m(weights, gen) for _ in range(4000)], minlength=3) / 4000
+    np.testing.assert_allclose(counts, weights, atol=0.03)
+
+
+def test_m0_loss_equals_baseline_loss_on_same_noise() -> None:
+    schedule, model, x0 = schedule_of(), TinyEps(), gold()
+    gen = torch.Generator().manual_seed(5)
+    t = torch.randint(0, 1000, (4,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    inputs = build_inputs(model, schedule, x0, t, 0, noise)
+    abar = torch.from_numpy(np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))[t.numpy()]).reshape(
+        -1, 1, 1, 1
+    )
+    x_t = (abar.sqrt() * x0.double() + (1 - abar).sqrt() * noise.double()).float()
+    baseline = F.mse_loss(model(x_t, t), noise)
+    torch.testing.assert_close(step_loss(model, inputs), baseline, atol=1e-6, rtol=1e-5)
+    assert len(model.calls) == 2  # no rollout call for m = 0
+
+    # At p = 0 scheduled sampling (weight 0 for m = 1) is the baseline, draw for draw.
+    ss = ScheduledSamplingConfig.for_method("scheduled_sampling")
+    base = ScheduledSamplingConfig.for_method("baseline")
+    for seed in range(5):
+        a = prepare_step(model, schedule, ss, x0, 0.0, torch.Generator().manual_seed(seed))
+        b = prepare_step(model, schedule, base, x0, 0.7, torch.Generator().manual_seed(seed))
+        assert a.m == b.m == 0
+        assert torch.equal(step_loss(model, a), step_loss(model, b))
+
+
+def test_m1_target_matches_hand_computation() -> None:
+    schedule, model, x0 = schedule_of(), TinyEps(), gold()
+    gen = torch.Generator().manual_seed(7)
+    t = torch.tensor([0, 17, 400, 998])
+    noise = torch.randn(x0.shape, generator=gen)
+    fresh = torch.randn(x0.shape, generator=gen)
+    inputs = build_inputs(model, schedule, x0, t, 1, noise, [fresh])
+
+    abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
+    a_hi = torch.from_numpy(abar[(t + 1).numpy()]).reshape(-1, 1, 1, 1)
+    a_t = torch.from_numpy(abar[t.numpy()]).reshape(-1, 1, 1, 1)
+    x0d, noised, freshd = x0.double(), noise.double(), fresh.double()
+    x_hi = a_hi.sqrt() * x0d + (1 - a_hi).sqrt() * noised
+    with torch.no_grad():
+        eps_hat = model.double()(x_hi, t + 1)
+    x0_hat = (x_hi - (1 - a_hi).sqrt() * eps_hat) / a_hi.sqrt()
+    x_t = a_t.sqrt() * x0_hat + (1 - a_t).sqrt() * freshd
+    target = (x_t - a_t.sqrt() * x0d) / (1 - a_t).sqrt()
+
+    assert inputs.m == 1
+    np.testing.assert_allclose(inputs.x_t.double().numpy(), x_t.numpy(), atol=1e-5)
+    # the t = 0 example amplifies float32 rounding by sqrt(abar_0 / (1 - abar_0)) ~ 100
+    np.testing.assert_allclose(inputs.target.double().numpy(), target.numpy(), rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(
+        inputs.target[1:].double().numpy(), target[1:].numpy(), rtol=1e-5, atol=1e-5
+    )
+    # the rollout target differs from the injected noise
+    assert not torch.allclose(inputs.target, fresh, atol=1e-3)
+
+
+def test_no_gradient_reaches_the_rollout() -> None:
+    schedule, x0 = schedule_of(), gold()
+    config = ScheduledSamplingConfig(max_m=2, start=(0.0, 1.0), end=(0.0, 1.0))
+    model = TinyEps()
+    inputs = prepare_step(model, schedule, config, x0, 0.3, torch.Generator().manual_seed(11))
+    assert inputs.m == 2
+    assert not inputs.x_t.requires_grad and not inputs.target.requires_grad
+    step_loss(model, inputs).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+
+    # The same loss on the same (detached) inputs, with no rollout in the graph at all.
+    fresh_model = TinyEps()
+    loss = F.mse_loss(fresh_model(inputs.x_t.clone(), inputs.timesteps), inputs.target.clone())
+    loss.backward()
+    for got, want in zip(grads, [p.grad for p in fresh_model.parameters()], strict=True):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_t_plus_m_never_exceeds_last_step() -> None:
+    T = 10
+    schedule, model, x0 = schedule_of(T), TinyEps(T), gold(batch=3)
+    config = ScheduledSamplingConfig(max_m=3, start=(0.0, 0.0, 1.0), end=(0.0, 0.0, 1.0))
+    seen = set()
+    for seed in range(300):
+        inputs = prepare_step(model, schedule, config, x0, 0.5, torch.Generator().manual_seed(seed))
+        t_max = int(inputs.timesteps.max())
+        assert t_max + inputs.m <= T - 1
+        assert inputs.m == min(3, T - 1 - t_max)  # decreased only as far as needed
+        seen.add(inputs.m)
+    assert seen == {0, 1, 2, 3}
+    assert clamp_m(3, torch.tensor([2, 9]), T) == 0
+    assert clamp_m(3, torch.tensor([2, 6]), T) == 3
+
+
+def test_guard_skips_rollouts_that_end_at_small_t() -> None:
+    schedule, model, x0 = schedule_of(), TinyEps(), gold(batch=2)
+    always = ScheduledSamplingConfig(max_m=1, start=(1.0,), end=(1.0,))
+    guarded = ScheduledSamplingConfig(max_m=1, start=(1.0,), end=(1.0,), min_t=999)
+    for seed in range(10):
+        gen_a, gen_b = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        a = prepare_step(model, schedule, always, x0, 0.0, gen_a)
+        b = prepare_step(model, schedule, guarded, x0, 0.0, gen_b)
+        assert a.m == 1 and b.m == 0
+        assert torch.equal(a.timesteps, b.timesteps)
+
+
+def test_same_generator_state_gives_same_step() -> None:
+    schedule, model, x0 = schedule_of(), TinyEps(), gold()
+    config = ScheduledSamplingConfig(max_m=1, start=(0.5,), end=(0.5,))
+    a = prepare_step(model, schedule, config, x0, 0.1, torch.Generator().manual_seed(2))
+    b = prepare_step(model, schedule, config, x0, 0.1, torch.Generator().manual_seed(2))
+    assert a.m == b.m and torch.equal(a.x_t, b.x_t) and torch.equal(a.target, b.target)
