@@ -88,7 +88,7 @@ class TrainConfig:
     method: str = "baseline"
     model_preset: str = "paper"
     encoder: str | None = None  # None: the dataset domain's hub encoder (paper)
-    max_markup_length: int = 1024
+    max_markup_length: int | None = None  # None: the model preset's default
     epochs: int = 100
     max_steps: int | None = None
     batch_size: int = 16
@@ -122,8 +122,9 @@ class TrainConfig:
             "batch_size": self.batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
             "checkpoint_every": self.checkpoint_every,
-            "max_markup_length": self.max_markup_length,
         }
+        if self.max_markup_length is not None:
+            positive["max_markup_length"] = self.max_markup_length
         if self.max_steps is not None:
             positive["max_steps"] = self.max_steps
         if self.limit_train is not None:

@@ -42,7 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="markup encoder: hub name, local directory or 'offline' (default: the domain's)",
     )
-    p.add_argument("--max-markup-length", type=int, default=1024, help="tokens kept (default 1024)")
+    p.add_argument(
+        "--max-markup-length",
+        type=int,
+        default=None,
+        help="tokens kept (default: the model preset's, 1024 for paper)",
+    )
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides epochs)")
     p.add_argument("--batch-size", type=int, default=16, help="per process (default 16)")
