@@ -1,0 +1,22 @@
+"""Evaluation: per-image metrics (dtw, dtw_shift, ssim, mse) and a per-run summary."""
+
+
+rule evaluate:
+    input:
+        samples=rules.generate.output.samples,
+    output:
+        table="results/{dataset}/{method}/{sampler}/metrics.csv",
+        summary="results/{dataset}/{method}/{sampler}/metrics_summary.json",
+    log:
+        "logs/evaluate/{dataset}/{method}/{sampler}.log",
+    benchmark:
+        "benchmarks/evaluate/{dataset}/{method}/{sampler}.tsv"
+    conda:
+        "../envs/markup2im.yaml"
+    threads: resource("evaluate", "threads")
+    resources:
+        mem_mb=resource("evaluate", "mem_mb"),
+        runtime=resource("evaluate", "runtime"),
+    shell:
+        "markup2im evaluate --pred-dir {input.samples}/images --gold-dir {input.samples}/gold"
+        " --output {output.table} --summary {output.summary} --workers {threads} > {log} 2>&1"

@@ -1,0 +1,37 @@
+"""Training: one accelerate job per dataset and method (baseline, scheduled_sampling).
+
+The run directory (results/{dataset}/{method}/train) also holds checkpoints/ and the command's own
+train_log.csv. They are not outputs, so a failed or preempted job keeps them and its rerun resumes
+from the last checkpoint (--resume latest); after a successful run the checkpoints are removed so
+that a later rerun (changed settings or data) starts afresh.
+"""
+
+
+rule train:
+    input:
+        data="results/{dataset}/data/dataset",
+    output:
+        model=directory("results/{dataset}/{method}/train/model"),
+        train_log="results/{dataset}/{method}/train_log.csv",
+    log:
+        "logs/train/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/train/{dataset}/{method}.tsv"
+    conda:
+        "../envs/markup2im.yaml"
+    threads: resource("train", "threads")
+    resources:
+        gpu=train_gpus,
+        mem_mb=resource("train", "mem_mb"),
+        runtime=resource("train", "runtime"),
+    params:
+        rundir=subpath(output.model, parent=True),
+        launch=accelerate_flags,
+        flags=train_flags,
+    shell:
+        "accelerate launch {params.launch} --num_cpu_threads_per_process {threads}"
+        " -m markup2im train --dataset-dir {input.data} --output-dir {params.rundir}"
+        " {params.flags} > {log} 2>&1"
+        " && cp {params.rundir}/train_log.csv {output.train_log}.tmp"
+        " && mv {output.train_log}.tmp {output.train_log}"
+        " && rm -rf {params.rundir}/checkpoints"

@@ -1,0 +1,626 @@
+"""The Snakemake workflow: config validation, the planned DAGs of the shipped configs, and real
+runs of config/micro.yaml (partial reruns, reproducibility, the report in headless Chromium).
+
+Every workflow run happens in a temporary directory (``--directory``), never in the repository's
+results/. The complete micro run is a session fixture shared by the rerun and report tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+MICRO = REPO / "config" / "micro.yaml"
+PAPER = REPO / "config" / "paper.yaml"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+QUICK_TIMEOUT = 120  # dry runs, lint
+RUN_TIMEOUT = 900  # a full micro run (about 2-3 minutes on 2 cores)
+
+
+def offline_env() -> dict[str, str]:
+    """The environment of workflow runs: no hub access, venv tools first on PATH."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def snakemake(
+    workdir: Path, *args: str | Path, timeout: float = QUICK_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run the repository's workflow with ``workdir`` as working directory."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *map(str, args),
+    ]
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        cmd,
+        cwd=workdir,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def output_of(proc: subprocess.CompletedProcess[str]) -> str:
+    return proc.stdout + proc.stderr
+
+
+def job_counts(text: str) -> dict[str, int]:
+    """The first "Job stats" table of Snakemake's output as {rule: count} (empty: nothing to do)."""
+    match = re.search(r"Job stats:\njob\s+count\n[- ]+\n(.*?)\ntotal\s+\d+", text, re.S)
+    if not match:
+        return {}
+    counts = {}
+    for line in match.group(1).splitlines():
+        rule, count = line.split()
+        counts[rule] = int(count)
+    return counts
+
+
+def shell_commands(text: str) -> list[str]:
+    """Shell commands printed by ``--printshellcmds`` in a dry run."""
+    return [
+        line.removeprefix("Shell command: ")
+        for line in text.splitlines()
+        if line.startswith("Shell command: ")
+    ]
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def assert_ok(proc: subprocess.CompletedProcess[str], workdir: Path) -> None:
+    """Fail with Snakemake's output and the logs' tails when a run failed."""
+    if proc.returncode == 0:
+        return
+    logs = []
+    for log in sorted((workdir / "logs").rglob("*.log")):
+        tail = log.read_text(encoding="utf-8", errors="replace")[-1500:]
+        logs.append(f"--- {log.relative_to(workdir)}\n{tail}")
+    pytest.fail(
+        f"snakemake failed ({proc.returncode}):\n{output_of(proc)[-4000:]}\n" + "\n".join(logs)
+    )
+
+
+# ---- quick checks: style, validation, planned DAGs --------------------------------------------
+
+
+def test_lint_passes(tmp_path: Path) -> None:
+    proc = snakemake(tmp_path, "--lint")
+    assert proc.returncode == 0, output_of(proc)
+    assert "Congratulations" in output_of(proc)
+
+
+def test_snakefmt_check_passes() -> None:
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "snakefmt"), "--check", "."],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=QUICK_TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def minimal_dataset() -> dict:
+    return {"domain": "math", "source": {"render": {"synthetic": True}}}
+
+
+BAD_CONFIGS = {
+    "unknown key": (
+        {"datasets": {"m": {**minimal_dataset(), "train": {"bath_size": 3}}}},
+        ["datasets.m.train", "bath_size"],
+    ),
+    "wrong type": (
+        {"datasets": {"m": {**minimal_dataset(), "train": {"batch_size": "three"}}}},
+        ["datasets.m.train.batch_size", "three"],
+    ),
+    "missing value": (
+        {"datasets": {"m": {"source": {"render": {"synthetic": True}}}}},
+        ["datasets.m", "'domain' is a required property"],
+    ),
+    "two sources": (
+        {
+            "datasets": {
+                "m": {
+                    **minimal_dataset(),
+                    "source": {"render": {"synthetic": True}, "hub": {"id": "x/y"}},
+                }
+            }
+        },
+        ["datasets.m.source", "exactly one of hub, render"],
+    ),
+    "unknown sampler": (
+        {
+            "datasets": {"m": minimal_dataset()},
+            "samplers": {"fast": {"sampler": "euler", "steps": 2}},
+        },
+        ["samplers.fast.sampler", "euler"],
+    ),
+    "unknown top-level key": (
+        {"datasets": {"m": minimal_dataset()}, "dataset": {}},
+        ["top level", "'dataset' was unexpected"],
+    ),
+    "undefined sampler name": (
+        {"datasets": {"m": {**minimal_dataset(), "samplers": ["nope"]}}},
+        ["datasets.m.samplers", "nope"],
+    ),
+    "weights and M disagree": (
+        {"datasets": {"m": minimal_dataset()}, "scheduled_sampling": {"max_m": 2}},
+        ["scheduled_sampling.start", "max_m"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_fails_before_any_job(tmp_path: Path, case: str) -> None:
+    config, expected = BAD_CONFIGS[case]
+    keep = tmp_path / "results" / "keep.txt"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("made earlier\n")
+    configfile = write_config(tmp_path / "bad.yaml", config)
+    proc = snakemake(tmp_path, "--configfile", configfile)  # a real run, not a dry run
+    text = output_of(proc)
+    assert proc.returncode != 0
+    for fragment in expected:
+        assert fragment in text, text
+    assert not (tmp_path / "logs").exists()  # no job started
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["keep.txt"]
+    assert keep.read_text() == "made earlier\n"
+
+
+def test_defaults_are_filled_in(tmp_path: Path) -> None:
+    """A dataset given only domain and source trains with the paper's values."""
+    configfile = write_config(tmp_path / "c.yaml", {"datasets": {"m": minimal_dataset()}})
+    proc = snakemake(tmp_path, "--configfile", configfile, "-n", "-p")
+    assert proc.returncode == 0, output_of(proc)
+    train = [c for c in shell_commands(output_of(proc)) if "markup2im train" in c]
+    assert len(train) == 2
+    for flags in (
+        "--model-preset paper",
+        "--epochs 100",
+        "--batch-size 16",
+        "--learning-rate 0.0001",
+        "--warmup-steps 500",
+        "--max-grad-norm 1.0",
+        "--seed 1234",
+        "--resume latest",
+    ):
+        assert all(flags in c for c in train), (flags, train)
+    ss = next(c for c in train if "--method scheduled_sampling" in c)
+    assert "--ss-max-m 1 --ss-start 0.0 --ss-end 0.8 --ss-min-t 0" in ss
+    assert "--ss-" not in next(c for c in train if "--method baseline" in c)
+
+
+def test_default_config_plans_the_whole_dag(tmp_path: Path) -> None:
+    proc = snakemake(tmp_path, "-n", "-p")
+    text = output_of(proc)
+    assert proc.returncode == 0, text
+    assert job_counts(text) == {
+        "build_dataset": 1,
+        "select_examples": 1,
+        "train": 2,
+        "generate": 2,
+        "evaluate": 2,
+        "loss_curves": 1,
+        "sample_grid": 1,
+        "metric_plots": 1,
+        "metrics_table": 1,
+        "all": 1,
+    }
+    commands = shell_commands(text)
+    build = next(c for c in commands if "build-dataset" in c)
+    assert "--domain math --synthetic" in build
+    for c in (c for c in commands if "markup2im train" in c):
+        assert c.startswith("accelerate launch ")
+        assert "--cpu --num_processes 1" in c
+        assert "--model-preset small --encoder offline" in c
+    generate = [c for c in commands if "markup2im generate" in c]
+    assert len(generate) == 2
+    assert all("--sampler ddim --num-inference-steps 50" in c for c in generate)
+
+
+def test_paper_config_plans_hub_datasets_on_gpus(tmp_path: Path) -> None:
+    proc = snakemake(tmp_path, "--configfile", PAPER, "-n", "-p")
+    text = output_of(proc)
+    assert proc.returncode == 0, text
+    counts = job_counts(text)
+    assert counts["download_dataset"] == 4
+    assert counts["train"] == 8
+    assert counts["generate"] == counts["evaluate"] == 16  # 4 datasets x 2 methods x 2 samplers
+    commands = shell_commands(text)
+    downloads = [c for c in commands if "markup2im download" in c]
+    for hub_id in (
+        "yuntian-deng/im2latex-100k",
+        "yuntian-deng/im2html-100k",
+        "yuntian-deng/im2ly-35k-syn",
+        "yuntian-deng/im2smiles-20k",
+    ):
+        assert any(f"--dataset {hub_id} --revision" in c for c in downloads), hub_id
+    train = [c for c in commands if "markup2im train" in c]
+    music = [c for c in train if "results/music/" in c]
+    assert len(music) == 2
+    assert all("--num_processes 4 --multi_gpu --main_process_port 0" in c for c in music)
+    others = [c for c in train if "results/music/" not in c]
+    assert all("--num_processes 1 --main_process_port 0" in c and "--cpu" not in c for c in others)
+    assert all("--model-preset paper" in c and "--batch-size 16" in c for c in train)
+    molecules = [c for c in train if "results/molecules/" in c]
+    assert all("--encoder DeepChem/ChemBERTa-77M-MLM" in c for c in molecules)
+    assert all(
+        "--encoder EleutherAI/gpt-neo-125M" in c for c in others + music if c not in molecules
+    )
+    generate = [c for c in commands if "markup2im generate" in c]
+    assert sum("--sampler ddpm --num-inference-steps 1000" in c for c in generate) == 8
+    assert sum("--sampler dpmsolver++" in c for c in generate) == 8
+    assert not any("--limit" in c for c in generate)  # full test sets
+    # the gpu resource that Slurm turns into --gpus, per training job
+    gpus = re.findall(r"rule train:.*?resources: [^\n]*?gpu=(\d+)", text, re.S)
+    assert sorted(gpus) == ["1"] * 6 + ["4"] * 2
+
+
+# ---- real runs of the micro configuration ------------------------------------------------------
+
+
+def micro_outputs(workdir: Path) -> dict[str, Path]:
+    """Metrics CSVs of the micro run by relative path."""
+    return {
+        str(p.relative_to(workdir)): p for p in sorted(workdir.glob("results/*/*/*/metrics.csv"))
+    }
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One complete run of config/micro.yaml, shared by the rerun and report tests."""
+    workdir = tmp_path_factory.mktemp("micro_run")
+    start = time.monotonic()
+    proc = snakemake(workdir, "--configfile", MICRO, timeout=RUN_TIMEOUT)
+    assert_ok(proc, workdir)
+    print(f"micro workflow: {time.monotonic() - start:.0f} s")
+    yield workdir
+
+
+@pytest.mark.slow
+def test_micro_run_makes_every_output(micro_run: Path) -> None:
+    results = micro_run / "results"
+    for method in ("baseline", "scheduled_sampling"):
+        run = results / "micro" / method
+        assert (run / "train" / "model").is_dir()
+        assert not (run / "train" / "checkpoints").exists()  # removed after a complete run
+        header = (run / "train_log.csv").read_text().splitlines()[0]
+        assert header.split(",")[:3] == ["step", "epoch", "loss"]
+        metrics = (run / "ddim4" / "metrics.csv").read_text().splitlines()
+        assert metrics[0].split(",")[:5] == ["filename", "dtw", "dtw_shift", "ssim", "mse"]
+        assert len(metrics) == 1 + 4  # the whole test split
+        summary = json.loads((run / "ddim4" / "metrics_summary.json").read_text())
+        assert "ssim" in json.dumps(summary)
+        gifs = list((run / "ddim4" / "gifs").glob("*.gif"))
+        assert len(gifs) == 1
+        assert Image.open(gifs[0]).n_frames > 1
+    assert len(list((results / "micro" / "figures" / "ddim4" / "compare").glob("*.gif"))) == 1
+    for figure in ("loss_curves.png", "ddim4/metric_distributions.png", "ddim4/samples_grid.png"):
+        assert Image.open(results / "micro" / "figures" / figure).size[0] > 0
+    assert "dtw" in (results / "summary" / "metrics_table.csv").read_text()
+    assert (micro_run / "logs" / "train" / "micro" / "baseline.log").is_file()
+    assert (micro_run / "benchmarks" / "train" / "micro" / "baseline.tsv").is_file()
+
+
+@pytest.mark.slow
+def test_forcerun_evaluate_reruns_evaluation_onward_only(micro_run: Path) -> None:
+    run = micro_run / "results" / "micro" / "baseline"
+    untouched = [run / "train" / "model", run / "ddim4" / "samples", run / "train_log.csv"]
+    before = {p: p.stat().st_mtime_ns for p in untouched}
+    metrics_before = (run / "ddim4" / "metrics.csv").stat().st_mtime_ns
+    proc = snakemake(
+        micro_run, "--configfile", MICRO, "--forcerun", "evaluate", timeout=RUN_TIMEOUT
+    )
+    assert_ok(proc, micro_run)
+    assert job_counts(output_of(proc)) == {
+        "evaluate": 2,
+        "metric_plots": 1,
+        "metrics_table": 1,
+        "all": 1,
+    }
+    assert {p: p.stat().st_mtime_ns for p in untouched} == before
+    assert (run / "ddim4" / "metrics.csv").stat().st_mtime_ns > metrics_before
+
+
+@pytest.mark.slow
+def test_changed_generation_setting_reruns_generation_onward_only(micro_run: Path) -> None:
+    override = "datasets={micro: {generate: {seed: 7}}}"
+    proc = snakemake(micro_run, "--configfile", MICRO, "--config", override, "-n")
+    text = output_of(proc)
+    assert proc.returncode == 0, text
+    assert job_counts(text) == {
+        "generate": 2,
+        "evaluate": 2,
+        "gif_denoise": 2,
+        "gif_compare": 1,
+        "metric_plots": 1,
+        "metrics_table": 1,
+        "sample_grid": 1,
+        "all": 1,
+    }
+    assert "Params have changed" in text
+
+
+@pytest.mark.slow
+def test_deleting_one_gif_rebuilds_only_that_gif(micro_run: Path) -> None:
+    gif = next((micro_run / "results" / "micro" / "baseline" / "ddim4" / "gifs").glob("*.gif"))
+    others = [p for p in (micro_run / "results").rglob("*.gif") if p != gif]
+    before = {p: p.stat().st_mtime_ns for p in others}
+    gif.unlink()
+    proc = snakemake(micro_run, "--configfile", MICRO, timeout=RUN_TIMEOUT)
+    assert_ok(proc, micro_run)
+    assert job_counts(output_of(proc)) == {"gif_denoise": 1, "all": 1}
+    assert Image.open(gif).n_frames > 1
+    assert {p: p.stat().st_mtime_ns for p in others} == before
+
+
+@pytest.mark.slow
+def test_micro_run_is_reproducible_from_nothing(
+    micro_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    second = tmp_path_factory.mktemp("micro_run_again")
+    proc = snakemake(second, "--configfile", MICRO, timeout=RUN_TIMEOUT)
+    assert_ok(proc, second)
+    first_metrics, second_metrics = micro_outputs(micro_run), micro_outputs(second)
+    assert len(first_metrics) == 2
+    assert first_metrics.keys() == second_metrics.keys()
+    for name, path in first_metrics.items():
+        assert path.read_bytes() == second_metrics[name].read_bytes(), name
+
+
+@pytest.mark.slow
+def test_own_markup_file_becomes_a_dataset(tmp_path: Path) -> None:
+    """A config entry pointing at a markup file and a domain runs through the workflow."""
+    formulas = [
+        r"x^{2}+y^{2}=z^{2}",
+        r"\frac{a}{b}",
+        r"\sqrt{x+1}",
+        r"\sum_{i=1}^{n} i",
+        r"e^{i\pi}+1=0",
+        r"\int_0^1 x\,dx",
+        r"\alpha\beta\gamma",
+        r"a_{n+1}=2a_n",
+        r"\left(x+y\right)^3",
+        r"\lim_{x\to0}\frac{\sin x}{x}",
+        r"f(x)=x^3-x",
+        r"\binom{n}{k}",
+        r"\log_2 8 = 3",
+        r"\pi r^2",
+        r"\vec{v}\cdot\vec{w}",
+        r"\mathbb{R}^n",
+    ]
+    (tmp_path / "formulas.txt").write_text("\n".join(formulas) + "\n", encoding="utf-8")
+    config = yaml.safe_load(MICRO.read_text())
+    own = config["datasets"].pop("micro")
+    own["source"]["render"] = {
+        **own["source"]["render"],
+        "markup_file": "formulas.txt",
+        "train": 10,
+        "validation": 2,
+        "test": 4,
+    }
+    del own["source"]["render"]["synthetic"]
+    config["datasets"]["own"] = own
+    config["methods"] = ["baseline"]
+    configfile = write_config(tmp_path / "own.yaml", config)
+    target = "results/own/baseline/ddim4/metrics.csv"
+    proc = snakemake(tmp_path, target, "--configfile", configfile, timeout=RUN_TIMEOUT)
+    assert_ok(proc, tmp_path)
+    rows = (tmp_path / target).read_text().splitlines()
+    assert len(rows) == 1 + 4
+    # editing the markup file rebuilds the dataset and everything after it
+    time.sleep(1)
+    with (tmp_path / "formulas.txt").open("a", encoding="utf-8") as handle:
+        handle.write(r"\gamma^2" + "\n")
+    proc = snakemake(tmp_path, target, "-n", "--configfile", configfile)
+    counts = job_counts(output_of(proc))
+    assert counts.get("build_dataset") == 1 and counts.get("train") == 1, output_of(proc)
+
+
+# ---- the report in headless Chromium -----------------------------------------------------------
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe (no extra packages)."""
+
+    def __init__(self, url: str, profile: Path, timeout: float = 180) -> None:
+        to_browser_r, to_browser_w = os.pipe()
+        from_browser_r, from_browser_w = os.pipe()
+
+        def wire() -> None:  # the protocol pipe is fds 3 (commands) and 4 (replies)
+            os.dup2(os.dup(to_browser_r), 3)
+            os.dup2(os.dup(from_browser_w), 4)
+
+        self.proc = subprocess.Popen(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={profile}",
+                "--window-size=1400,1000",
+                url,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=False,
+            preexec_fn=wire,
+        )
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        self.writer = os.fdopen(to_browser_w, "wb", buffering=0)
+        self.reader = os.fdopen(from_browser_r, "rb", buffering=0)
+        self.buffer = b""
+        self.last_id = 0
+        self.deadline = time.monotonic() + timeout
+        targets = self.send("Target.getTargets")["targetInfos"]
+        page = next(t for t in targets if t["type"] == "page")
+        self.session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)[
+            "sessionId"
+        ]
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        self.last_id += 1
+        message = {"id": self.last_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        self.writer.write(json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self.buffer:
+                left = self.deadline - time.monotonic()
+                if left <= 0 or not select.select([self.reader], [], [], left)[0]:
+                    raise TimeoutError(f"no reply from Chromium to {method}")
+                chunk = self.reader.read(1 << 16)
+                if not chunk:
+                    raise RuntimeError("Chromium closed the protocol pipe")
+                self.buffer += chunk
+            raw, self.buffer = self.buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self.last_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def evaluate(self, expression: str, context: int | None = None):
+        extra = {"contextId": context} if context is not None else {}
+        result = self.send(
+            "Runtime.evaluate",
+            self.session,
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=True,
+            **extra,
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, seconds: float = 20):
+        end = time.monotonic() + seconds
+        error = None
+        while time.monotonic() < end:
+            try:  # the page may still be loading
+                value = self.evaluate(expression)
+            except RuntimeError as exc:
+                value, error = None, exc
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"not shown within {seconds} s: {expression} (last error: {error})")
+
+    def click_link(self, text: str) -> None:
+        self.wait_for(
+            "(() => { const a = [...document.querySelectorAll('a')]"
+            f".find(a => a.innerText.trim() === {json.dumps(text)}); if (a) a.click(); return !!a; }})()"
+        )
+
+    def open_result(self, row_text: str) -> None:
+        """Press the eye button of the results-table row that mentions ``row_text``."""
+        self.wait_for(
+            "(() => { const r = [...document.querySelectorAll('tr')]"
+            f".find(r => r.innerText.includes({json.dumps(row_text)}));"
+            " const b = r && r.querySelector('a[iconname=eye]'); if (b) b.click(); return !!b; })()"
+        )
+
+    def in_shown_page(self, expression: str):
+        """Evaluate ``expression`` inside the result page the report shows (its iframe)."""
+        self.wait_for("!!document.querySelector('iframe')")
+        tree = self.send("Page.getFrameTree", self.session)["frameTree"]
+        frame = tree["childFrames"][-1]["frame"]
+        world = self.send(
+            "Page.createIsolatedWorld", self.session, frameId=frame["id"], worldName="report-check"
+        )
+        end = time.monotonic() + 20
+        while True:
+            value = self.evaluate(expression, world["executionContextId"])
+            if value or time.monotonic() > end:
+                return value
+            time.sleep(0.2)
+
+    def home(self) -> None:
+        self.evaluate(
+            "app.setView({navbarMode: 'menu', category: undefined, subcategory: undefined})"
+        )
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.writer.close()
+        self.reader.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_report_shows_metrics_table_and_gif(micro_run: Path, tmp_path: Path) -> None:
+    report = micro_run / "report.html"
+    proc = snakemake(micro_run, "--configfile", MICRO, "--report", report, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, output_of(proc)
+    browser = Chromium(report.as_uri(), tmp_path / "chromium-profile")
+    try:
+        browser.wait_for("document.body.innerText.includes('Metrics')")
+        # the metrics table: Metrics -> Summary -> the table's row
+        browser.click_link("Metrics")
+        browser.click_link("Summary")
+        browser.open_result("metrics table")
+        table = browser.in_shown_page(
+            "(() => { const t = document.querySelector('table'); if (!t) return null;"
+            " const r = t.getBoundingClientRect();"
+            " return {rows: t.rows.length, text: t.innerText, width: r.width, height: r.height}; })()"
+        )
+        assert table, "no table shown for the metrics table"
+        assert table["rows"] >= 3 and table["width"] > 0 and table["height"] > 0
+        for word in ("micro", "baseline", "scheduled", "dtw", "ssim"):
+            assert word in table["text"].lower(), (word, table["text"])
+        # a GIF: Denoising -> the comparison of gold and both methods
+        browser.home()
+        browser.click_link("Denoising")
+        browser.open_result("gold")
+        image = browser.in_shown_page(
+            "(() => { const i = [...document.images].find(i => i.src.startsWith('data:image/gif'));"
+            " if (!i || !i.complete || !i.naturalWidth) return null;"
+            " const r = i.getBoundingClientRect();"
+            " return {src: i.src, width: r.width, height: r.height}; })()"
+        )
+        assert image, "no GIF shown in the report"
+        assert image["width"] > 0 and image["height"] > 0
+        gif = Image.open(io.BytesIO(base64.b64decode(image["src"].split(",", 1)[1])))
+        assert gif.format == "GIF" and gif.n_frames > 1
+    finally:
+        browser.close()
