@@ -11,7 +11,7 @@ run:  ## the whole workflow on the embedded default config (config.yaml)
 
 test:  ## every test, including the slow end-to-end and the Slurm ones
 	@scripts/setup.sh --test
-	python -m pytest -m "slow or slurm or not slow" -p no:cacheprovider
+	python -m pytest -m "slow or slurm or not slow" -p no:cacheprovider --durations=15
 
 test-quick:  ## the fast tests only
 	@scripts/setup.sh

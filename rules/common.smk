@@ -22,9 +22,8 @@ def _config_error(error: jsonschema.ValidationError) -> str:
         error = jsonschema.exceptions.best_match(error.context)
     where = ".".join(str(p) for p in error.absolute_path) or "the top level"
     message = error.message
-    if (
-        error.validator == "oneOf"
-    ):  # several alternatives matched: say which keys exclude others
+    # oneOf without context: several alternatives matched; say which keys exclude each other
+    if error.validator == "oneOf":
         keys = [k for alt in error.validator_value for k in alt.get("required", [])]
         message = f"give exactly one of {', '.join(keys)}"
     return f"invalid config at {where}: {message}"

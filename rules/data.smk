@@ -53,6 +53,8 @@ checkpoint select_examples:
         examples="results/{dataset}/data/frames_examples.txt",
     log:
         "logs/data/{dataset}_examples.log",
+    benchmark:
+        "benchmarks/data/{dataset}_examples.tsv"
     conda:
         "../envs/markup2im.yaml"
     resources:

@@ -7,7 +7,6 @@ GIFs and tables are wrapped in self-contained HTML pages so that the report show
 rule gif_denoise:
     input:
         samples=rules.generate.output.samples,
-        examples=rules.select_examples.output.examples,
     output:
         gif="results/{dataset}/{method}/{sampler}/gifs/{example}.gif",
         page=report(

@@ -559,20 +559,33 @@ class Chromium:
             " const b = r && r.querySelector('a[iconname=eye]'); if (b) b.click(); return !!b; })()"
         )
 
-    def in_shown_page(self, expression: str):
-        """Evaluate ``expression`` inside the result page the report shows (its iframe)."""
+    def in_shown_page(self, expression: str, seconds: float = 30):
+        """Evaluate ``expression`` inside the result page the report shows (its iframe).
+
+        Retries until it gives a true value: the iframe may still be loading its data URL, which
+        replaces the frame's JavaScript context.
+        """
         self.wait_for("!!document.querySelector('iframe')")
-        tree = self.send("Page.getFrameTree", self.session)["frameTree"]
-        frame = tree["childFrames"][-1]["frame"]
-        world = self.send(
-            "Page.createIsolatedWorld", self.session, frameId=frame["id"], worldName="report-check"
-        )
-        end = time.monotonic() + 20
-        while True:
-            value = self.evaluate(expression, world["executionContextId"])
-            if value or time.monotonic() > end:
-                return value
-            time.sleep(0.2)
+        end, value = time.monotonic() + seconds, None
+        while time.monotonic() < end:
+            tree = self.send("Page.getFrameTree", self.session)["frameTree"]
+            frames = [c["frame"] for c in tree.get("childFrames", [])]
+            shown = [f for f in frames if f["url"].startswith("data:")]
+            if shown:
+                try:
+                    world = self.send(
+                        "Page.createIsolatedWorld",
+                        self.session,
+                        frameId=shown[-1]["id"],
+                        worldName="report-check",
+                    )
+                    value = self.evaluate(expression, world["executionContextId"])
+                except RuntimeError:
+                    value = None
+                if value:
+                    return value
+            time.sleep(0.3)
+        return value
 
     def home(self) -> None:
         self.evaluate(
