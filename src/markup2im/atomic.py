@@ -18,10 +18,20 @@ from typing import Any
 def _temp_name(path: Path, is_dir: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        directory = tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        os.chmod(directory, 0o777 & ~_umask())
+        return Path(directory)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    # mkstemp creates owner-only files; give the result the mode a plain open() would have.
+    os.chmod(name, 0o666 & ~_umask())
     return Path(name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
