@@ -137,6 +137,8 @@ METHOD_LABELS: dict[str, str] = {
     "baseline": "baseline",
     "scheduled_sampling": "scheduled sampling",
 }
+# The paired comparison (scheduled sampling - baseline per image) needs both methods.
+PAIRED: bool = {"baseline", "scheduled_sampling"} <= set(METHODS)
 
 
 def _alternatives(names: list[str]) -> str:
@@ -233,6 +235,7 @@ def render_flags(wildcards) -> str:
         {
             "domain": ds["domain"],
             "synthetic": render.get("synthetic", False),
+            "difficulty": render.get("difficulty"),
             "markup_file": render.get("markup_file"),
             **{k: render[k] for k in ("train", "validation", "test", "seed")},
             **{k: render[k] for k in ("timeout", "width", "height")},
@@ -255,6 +258,8 @@ def train_flags(wildcards) -> str:
         "model_preset": model["preset"],
         "encoder": model["encoder"],
         "max_markup_length": model["max_markup_length"],
+        "prediction_type": model["prediction_type"],
+        "train_encoder": model["train_encoder"],
         **ds["train"],
         "resume": "latest",
     }
@@ -446,6 +451,20 @@ def sampler_metrics(wildcards) -> list[str]:
     ]
 
 
+def paired_runs() -> list[tuple[str, str]]:
+    """Every (dataset, sampler) of the paired comparison; none unless both methods run."""
+    return [(d, s) for d in DATASETS for s in samplers_of(d)] if PAIRED else []
+
+
+def paired_tables(wildcards) -> list[str]:
+    return [f"results/{d}/figures/{s}/paired.csv" for d, s in paired_runs()]
+
+
+def paired_labels(wildcards) -> list[str]:
+    """``dataset/sampler``: the paired table's dataset and sampler columns."""
+    return [f"{d}/{s}" for d, s in paired_runs()]
+
+
 def train_logs(wildcards) -> list[str]:
     return [f"results/{wildcards.dataset}/{m}/train_log.csv" for m in METHODS]
 
@@ -469,6 +488,9 @@ def final_targets(wildcards) -> list[str]:
         for s in samplers_of(d):
             targets.append(f"results/{d}/figures/{s}/metric_distributions.png")
             targets.append(f"results/{d}/figures/{s}/samples_grid.png")
+    if PAIRED:
+        targets += paired_tables(wildcards)
+        targets.append("results/summary/paired_table.csv")
     return targets
 
 

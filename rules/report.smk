@@ -109,6 +109,70 @@ rule metrics_table:
         " --html {output.page} > {log} 2>&1"
 
 
+rule paired:
+    input:
+        baseline="results/{dataset}/baseline/{sampler}/metrics.csv",
+        treatment="results/{dataset}/scheduled_sampling/{sampler}/metrics.csv",
+    output:
+        table="results/{dataset}/figures/{sampler}/paired.csv",
+        page=report(
+            "results/{dataset}/figures/{sampler}/paired.html",
+            caption="../report/paired.rst",
+            category="Metrics",
+            subcategory="{dataset}",
+            labels={"figure": "paired comparison", "sampler": "{sampler}"},
+        ),
+    log:
+        "logs/figures/{dataset}/{sampler}/paired.log",
+    benchmark:
+        "benchmarks/figures/{dataset}/{sampler}/paired.tsv"
+    conda:
+        "../envs/markup2im.yaml"
+    threads: resource("figures", "threads")
+    resources:
+        mem_mb=resource("figures", "mem_mb"),
+        runtime=resource("figures", "runtime"),
+    params:
+        title=page_title("{dataset}, {sampler}: scheduled sampling - baseline"),
+        resamples=10000,
+        seed=0,
+        confidence=0.95,
+    shell:
+        "markup2im figures paired --baseline {input.baseline} --treatment {input.treatment}"
+        " --output {output.table} --html {output.page} --title {params.title}"
+        " --resamples {params.resamples} --seed {params.seed}"
+        " --confidence {params.confidence} > {log} 2>&1"
+
+
+rule paired_table:
+    input:
+        paired_tables,
+    output:
+        table="results/summary/paired_table.csv",
+        page=report(
+            "results/summary/paired_table.html",
+            caption="../report/paired_table.rst",
+            category="Metrics",
+            subcategory="Summary",
+            labels={"figure": "paired comparison table"},
+        ),
+    log:
+        "logs/figures/paired_table.log",
+    benchmark:
+        "benchmarks/figures/paired_table.tsv"
+    conda:
+        "../envs/markup2im.yaml"
+    threads: resource("figures", "threads")
+    resources:
+        mem_mb=resource("figures", "mem_mb"),
+        runtime=resource("figures", "runtime"),
+    params:
+        paired=labelled("--paired", paired_labels),
+    shell:
+        "markup2im figures paired-table {params.paired} --output {output.table}"
+        " --html {output.page} > {log} 2>&1"
+
+
 rule metric_plots:
     input:
         sampler_metrics,

@@ -64,3 +64,42 @@ def test_keeps_dtype_and_rejects_bad_timesteps() -> None:
     assert schedule.q_sample(x0, torch.ones_like(x0), torch.tensor([1, 2])).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="batch of 2"):
         schedule.q_sample(x0, x0, torch.tensor([1, 2, 3]))
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_output_parameterisations_invert_each_other(kind: str) -> None:
+    config = {**paper_config(), "prediction_type": kind}
+    schedule = NoiseSchedule.from_scheduler_config(config)
+    assert schedule.prediction_type == kind
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.rand(3, 1, 4, 5, generator=gen) * 2 - 1
+    noise = torch.randn(3, 1, 4, 5, generator=gen)
+    t = torch.tensor([1, 500, 990])
+    x_t = schedule.q_sample(x0, noise, t)
+    target = schedule.target_from_noise(x0, noise, t)
+    torch.testing.assert_close(schedule.target(x_t, x0, t), target, atol=2e-4, rtol=0)
+    torch.testing.assert_close(schedule.x0_from_output(x_t, target, t), x0, atol=2e-4, rtol=0)
+    if kind == "v_prediction":  # diffusers' own definition of v
+        scheduler = DDPMScheduler.from_config(config)
+        torch.testing.assert_close(target, scheduler.get_velocity(x0, noise, t), atol=1e-5, rtol=0)
+
+
+def test_min_snr_weights_cap_the_signal_to_noise_ratio() -> None:
+    abar = torch.from_numpy(hand_abar())
+    t = torch.tensor([0, 300, 999])
+    snr = (abar[t] / (1 - abar[t])).float()
+    for kind, want in (
+        ("epsilon", snr.clamp(max=5) / snr),
+        ("v_prediction", snr.clamp(max=5) / (snr + 1)),
+        ("sample", snr.clamp(max=5)),
+    ):
+        schedule = NoiseSchedule.from_scheduler_config({**paper_config(), "prediction_type": kind})
+        torch.testing.assert_close(schedule.min_snr_weight(t, 5.0), want, rtol=1e-5, atol=1e-7)
+    assert float(NoiseSchedule.from_scheduler_config(paper_config()).min_snr_weight(t, 5)[2]) == 1
+
+
+def test_unknown_prediction_type_is_a_config_error() -> None:
+    from markup2im.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prediction type 'noise'"):
+        NoiseSchedule(torch.linspace(0.99, 0.01, 10), "noise")

@@ -163,6 +163,49 @@ def test_hand_checked_dtw_and_vertical_shift() -> None:
     assert metrics.dtw(pred, np.full_like(pred, 255)) == 1.0
 
 
+def test_blank_page_dtw_is_the_root_of_the_gold_ink() -> None:
+    """dtw(blank, gold) = sqrt(number of ink pixels of the gold), exactly.
+
+    Proof: every column of the blank page is the zero vector, so the cost of matching any blank
+    column with gold column j is |b_j|^2 = ink_j, the ink pixels of column j, whatever the blank
+    column. A warping path runs from (0, 0) to (n-1, m-1) and moves at most one column at a time,
+    so it visits every gold column at least once and costs at least sum_j ink_j. The pages have
+    the same width, so the diagonal path visits every gold column exactly once and costs exactly
+    sum_j ink_j: the minimum. Hence dtw^2 is the total ink.
+    """
+    gold = np.full((12, 14), 255, dtype=np.uint8)
+    gold[2:5, 3] = 0  # 3 ink pixels in one column
+    gold[7, 3:9] = 149  # 6 more, one of them in the same column; 149 is ink
+    gold[9, 10:13] = 150  # not ink
+    gold[11, 13] = 20  # 1 in the last column
+    ink = int((gold < metrics.INK_THRESHOLD).sum())
+    assert ink == 10
+    blank = metrics.blank_page(gold)
+    assert blank.shape == gold.shape and blank.dtype == np.uint8 and (blank == 255).all()
+    assert metrics.dtw(blank, gold) == math.sqrt(ink)
+    scores = metrics.blank_metrics(gold)
+    assert scores["dtw"] == math.sqrt(ink)
+    assert scores["dtw_shift"] == brute_force_dtw(blank, gold, shifts=True) <= math.sqrt(ink)
+    diff = 255 - gold.astype(np.int64)
+    assert scores["mse"] == (diff * diff).sum() / gold.size
+    assert scores == metrics.compute_metrics(blank, gold)
+    # the same on a larger, text-like page, and for a gold image in RGB mode
+    page = text_like(np.random.default_rng(8), 64, 320)
+    assert metrics.blank_metrics(page)["dtw"] == pytest.approx(math.sqrt((page < 150).sum()))
+    rgb = Image.fromarray(np.stack([page] * 3, axis=-1), mode="RGB")
+    assert metrics.blank_metrics(rgb) == metrics.blank_metrics(page)
+
+
+def test_blank_page_of_a_blank_gold_scores_perfectly() -> None:
+    white = np.full((16, 16), 255, dtype=np.uint8)
+    assert metrics.blank_metrics(white) == {
+        "dtw": 0.0,
+        "dtw_shift": 0.0,
+        "ssim": pytest.approx(1.0, abs=1e-15),
+        "mse": 0.0,
+    }
+
+
 def test_no_shift_below_ten_rows() -> None:
     rng = np.random.default_rng(5)
     gold = text_like(rng, 9, 30)
@@ -269,6 +312,38 @@ def test_evaluate_dirs_rows_summary_and_unmatched(tmp_path: Path) -> None:
         assert saved[metric]["std"] == pytest.approx(values.std(), rel=1e-12)
         assert saved[metric]["median"] == pytest.approx(np.median(values), rel=1e-12)
     assert not list((tmp_path / "out").glob(".*tmp*"))
+
+
+def test_evaluate_dirs_summary_has_the_blank_reference(tmp_path: Path) -> None:
+    pred_dir, gold_dir = write_pairs(tmp_path, 6, seed=2)
+    (pred_dir / "004.png").unlink()  # the blank page is scored on the matched gold images only
+    summary = metrics.evaluate_dirs(pred_dir, gold_dir, tmp_path / "m.csv", workers=1)
+    golds = [np.asarray(Image.open(gold_dir / f"{i:03d}.png")) for i in (0, 1, 2, 3, 5)]
+    blank = [metrics.blank_metrics(g) for g in golds]
+    assert set(summary["blank"]) == set(metrics.METRICS)
+    for metric in metrics.METRICS:
+        assert summary["blank"][metric].keys() == summary[metric].keys()
+        assert summary["blank"][metric] == metrics.summarize([b[metric] for b in blank])
+    assert summary["blank"]["dtw"]["mean"] > summary["dtw"]["mean"] > 0  # close to the gold
+    assert summary["dtw_ratio_to_blank"] == summary["dtw"]["mean"] / summary["blank"]["dtw"]["mean"]
+    assert 0 < summary["dtw_ratio_to_blank"] < 1
+    assert metrics.ratio_to_blank(summary, "dtw") == summary["dtw_ratio_to_blank"]
+
+
+def test_predictions_equal_to_gold_have_ratio_zero(tmp_path: Path) -> None:
+    _pred_dir, gold_dir = write_pairs(tmp_path, 4, seed=3)
+    out_json = tmp_path / "s.json"
+    metrics.evaluate_dirs(gold_dir, gold_dir, tmp_path / "m.csv", out_json, workers=1)
+    saved = json.loads(out_json.read_text())
+    assert saved["dtw"]["mean"] == 0.0 and saved["blank"]["dtw"]["mean"] > 0
+    assert saved["dtw_ratio_to_blank"] == 0.0
+    # all-blank gold pages: a blank page is perfect and the ratio is undefined
+    white = tmp_path / "white"
+    white.mkdir()
+    for i in range(2):
+        Image.new("L", (40, 20), 255).save(white / f"{i}.png")
+    summary = metrics.evaluate_dirs(white, white, tmp_path / "w.csv", workers=1)
+    assert summary["blank"]["dtw"]["mean"] == 0.0 and summary["dtw_ratio_to_blank"] is None
 
 
 def test_evaluate_dirs_parallel_equals_serial(tmp_path: Path) -> None:

@@ -202,3 +202,132 @@ def test_same_generator_state_gives_same_step() -> None:
     a = prepare_step(model, schedule, config, x0, 0.1, torch.Generator().manual_seed(2))
     b = prepare_step(model, schedule, config, x0, 0.1, torch.Generator().manual_seed(2))
     assert a.m == b.m and torch.equal(a.x_t, b.x_t) and torch.equal(a.target, b.target)
+
+
+# ---- every prediction type (epsilon, v, x0) ---------------------------------------------------
+
+PREDICTION_TYPES = ["epsilon", "v_prediction", "sample"]
+
+
+def typed_schedule(prediction_type: str) -> NoiseSchedule:
+    config = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type=prediction_type,
+    ).config
+    return NoiseSchedule.from_scheduler_config(config)
+
+
+def hand_target(kind: str, x_t, x0, abar):
+    """The training target of (x_t, x0) at abar, in float64, by the textbook formulas."""
+    eps = (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+    if kind == "epsilon":
+        return eps
+    if kind == "v_prediction":
+        return abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    return x0
+
+
+def hand_x0(kind: str, x_t, output, abar):
+    if kind == "epsilon":
+        return (x_t - (1 - abar).sqrt() * output) / abar.sqrt()
+    if kind == "v_prediction":
+        return abar.sqrt() * x_t - (1 - abar).sqrt() * output
+    return output
+
+
+@pytest.mark.parametrize("kind", PREDICTION_TYPES)
+def test_m0_is_the_baseline_step_for_every_prediction_type(kind: str) -> None:
+    schedule, model, x0 = typed_schedule(kind), TinyEps(), gold()
+    assert schedule.prediction_type == kind
+    gen = torch.Generator().manual_seed(5)
+    t = torch.tensor([0, 250, 600, 999])
+    noise = torch.randn(x0.shape, generator=gen)
+    inputs = build_inputs(model, schedule, x0, t, 0, noise)
+    abar = torch.from_numpy(np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))[t.numpy()]).reshape(
+        -1, 1, 1, 1
+    )
+    x_t = abar.sqrt() * x0.double() + (1 - abar).sqrt() * noise.double()
+    want = {
+        "epsilon": noise.double(),
+        "v_prediction": abar.sqrt() * noise.double() - (1 - abar).sqrt() * x0.double(),
+        "sample": x0.double(),
+    }[kind]
+    np.testing.assert_allclose(inputs.x_t.double().numpy(), x_t.numpy(), atol=1e-5)
+    np.testing.assert_allclose(inputs.target.double().numpy(), want.numpy(), atol=1e-5)
+    baseline = F.mse_loss(model(x_t.float(), t), want.float())
+    torch.testing.assert_close(step_loss(model, inputs), baseline, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", PREDICTION_TYPES)
+def test_m1_rollout_matches_hand_computation_for_every_prediction_type(kind: str) -> None:
+    schedule, model, x0 = typed_schedule(kind), TinyEps(), gold()
+    gen = torch.Generator().manual_seed(7)
+    t = torch.tensor([3, 17, 400, 998])
+    noise = torch.randn(x0.shape, generator=gen)
+    fresh = torch.randn(x0.shape, generator=gen)
+    inputs = build_inputs(model, schedule, x0, t, 1, noise, [fresh])
+
+    abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
+    a_hi = torch.from_numpy(abar[(t + 1).numpy()]).reshape(-1, 1, 1, 1)
+    a_t = torch.from_numpy(abar[t.numpy()]).reshape(-1, 1, 1, 1)
+    x0d = x0.double()
+    x_hi = a_hi.sqrt() * x0d + (1 - a_hi).sqrt() * noise.double()
+    with torch.no_grad():
+        output = model.double()(x_hi, t + 1)
+    x_t = a_t.sqrt() * hand_x0(kind, x_hi, output, a_hi) + (1 - a_t).sqrt() * fresh.double()
+    target = hand_target(kind, x_t, x0d, a_t)
+
+    assert inputs.m == 1
+    np.testing.assert_allclose(inputs.x_t.double().numpy(), x_t.numpy(), atol=1e-5)
+    np.testing.assert_allclose(inputs.target.double().numpy(), target.numpy(), rtol=1e-4, atol=2e-4)
+    # the rollout changes the target: it is not the one of the plain noised image
+    plain = build_inputs(model, schedule, x0, t, 0, fresh)
+    if kind != "sample":  # an x0 target is the gold image whatever the input
+        assert not torch.allclose(inputs.target, plain.target, atol=1e-3)
+    assert not torch.allclose(inputs.x_t, plain.x_t, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", PREDICTION_TYPES)
+def test_no_gradient_reaches_the_rollout_for_every_prediction_type(kind: str) -> None:
+    schedule, x0 = typed_schedule(kind), gold()
+    config = ScheduledSamplingConfig(max_m=1, start=(1.0,), end=(1.0,))
+    model = TinyEps()
+    inputs = prepare_step(model, schedule, config, x0, 0.3, torch.Generator().manual_seed(11))
+    assert inputs.m == 1
+    assert not inputs.x_t.requires_grad and not inputs.target.requires_grad
+    step_loss(model, inputs).backward()
+    fresh_model = TinyEps()
+    F.mse_loss(fresh_model(inputs.x_t.clone(), inputs.timesteps), inputs.target).backward()
+    for got, want in zip(model.parameters(), fresh_model.parameters(), strict=True):
+        torch.testing.assert_close(got.grad, want.grad, atol=0, rtol=0)
+
+
+def test_replayed_m_is_the_m_of_the_step() -> None:
+    from markup2im.scheduled_sampling import draw_timesteps_and_m
+
+    schedule, model, x0 = schedule_of(), TinyEps(), gold()
+    config = ScheduledSamplingConfig(max_m=2, start=(0.2, 0.1), end=(0.5, 0.4))
+    seen = []
+    for seed in range(40):
+        step = prepare_step(model, schedule, config, x0, 0.5, torch.Generator().manual_seed(seed))
+        t, m = draw_timesteps_and_m(config, 0.5, 4, 1000, torch.Generator().manual_seed(seed))
+        assert m == step.m and torch.equal(t, step.timesteps)
+        seen.append(m)
+    assert set(seen) == {0, 1, 2}
+
+
+def test_weighted_loss_weighs_each_example() -> None:
+    schedule, model, x0 = schedule_of(), TinyEps(), gold()
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    inputs = build_inputs(model, schedule, x0, torch.tensor([5, 50, 500, 900]), 0, noise)
+    per_example = (model(inputs.x_t, inputs.timesteps) - inputs.target).pow(2).mean((1, 2, 3))
+    weights = torch.tensor([1.0, 0.0, 2.0, 0.5])
+    torch.testing.assert_close(
+        step_loss(model, inputs, weights), (per_example * weights).mean(), atol=1e-6, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        step_loss(model, inputs, torch.ones(4)), step_loss(model, inputs), atol=1e-6, rtol=1e-5
+    )

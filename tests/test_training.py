@@ -193,6 +193,64 @@ def test_train_writes_model_log_and_checkpoints(tmp_path: Path, dataset_dir: Pat
     assert (model.height, model.width, model.channels) == (64, 64, 1)
 
 
+def test_logged_m_are_exactly_the_seeded_draws(tmp_path: Path, dataset_dir: Path) -> None:
+    """The m of every step is the one its seeds give, and rollouts do happen."""
+    from markup2im.scheduled_sampling import ScheduledSamplingConfig, draw_timesteps_and_m
+    from markup2im.training import derive_seed
+
+    out = tmp_path / "run"
+    config = tiny(
+        dataset_dir, out, max_steps=16, ss_start=(0.3,), ss_end=(0.9,), checkpoint_every=100
+    )
+    train(config)
+    rows = read_log(out / "train_log.csv")
+    ss = ScheduledSamplingConfig.for_method("scheduled_sampling", start=(0.3,), end=(0.9,))
+    expected = [
+        draw_timesteps_and_m(
+            ss, step / 16, 2, 1000, torch.Generator().manual_seed(derive_seed(1234, 0, step))
+        )[1]
+        for step in range(16)
+    ]
+    assert [int(r["m"]) for r in rows] == expected
+    assert 4 <= sum(expected) <= 14  # P(m = 1) ramps 0.3 -> 0.9: both values occur
+
+
+def test_baseline_and_scheduled_sampling_train_different_models(
+    tmp_path: Path, dataset_dir: Path
+) -> None:
+    common = dict(max_steps=6, checkpoint_every=100)
+    train(tiny(dataset_dir, tmp_path / "ss", ss_start=(1.0,), ss_end=(1.0,), **common))
+    train(tiny(dataset_dir, tmp_path / "base", method="baseline", ss_start=None, ss_end=None,
+               **common))  # fmt: skip
+    ss, base = model_weights(tmp_path / "ss" / "model"), model_weights(tmp_path / "base" / "model")
+    assert any(not torch.equal(ss[k], base[k]) for k in ss)
+    assert {r["m"] for r in read_log(tmp_path / "ss" / "train_log.csv")} == {"1"}
+
+
+@pytest.mark.parametrize("kind", ["v_prediction", "sample"])
+def test_prediction_type_and_trained_encoder_are_saved(
+    tmp_path: Path, dataset_dir: Path, kind: str
+) -> None:
+    from markup2im.models.encoder import MarkupEncoder
+    from markup2im.pipeline import Markup2ImModel
+
+    out = tmp_path / "run"
+    train(tiny(dataset_dir, out, prediction_type=kind, train_encoder=True, max_steps=4))
+    model = Markup2ImModel.from_pretrained(out / "model")
+    assert model.scheduler_config["prediction_type"] == kind
+    # the encoder learned: its saved weights are no longer the built-in offline ones
+    offline = MarkupEncoder.build_offline(64).model.state_dict()
+    saved = model.encoder.model.state_dict()
+    assert any(not torch.equal(saved[k], offline[k]) for k in offline)
+    # and resumable: the checkpoint holds the trained encoder's weights
+    states = [
+        torch.load(f, weights_only=False)
+        for f in sorted((out / "checkpoints" / "checkpoint-4").glob("custom_checkpoint_*.pkl"))
+    ]
+    held = [st for st in states if isinstance(st, dict) and st.keys() == saved.keys()]
+    assert held and all(torch.equal(held[0][k], saved[k]) for k in saved)
+
+
 def test_resume_none_refuses_to_mix_runs(tmp_path: Path, dataset_dir: Path) -> None:
     out = tmp_path / "run"
     train(tiny(dataset_dir, out, max_steps=2))

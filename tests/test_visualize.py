@@ -217,8 +217,32 @@ def test_metrics_table_csv_and_html(tmp_path: Path, evaluated: dict) -> None:
         summary["ssim"]["mean"], summary["ssim"]["std"]
     )
     assert "\u00b1" in rows[0]["mse"]
+    # the blank page's scores on the same gold images, and the model's dtw relative to them
+    for metric in ("dtw", "dtw_shift", "ssim", "mse"):
+        blank = summary["blank"][metric]
+        assert rows[0][f"blank_{metric}"] == visualize.format_mean_std(blank["mean"], blank["std"])
+        assert float(rows[0][f"blank_{metric}_mean"]) == blank["mean"]
+    assert float(rows[0]["dtw_ratio_to_blank"]) == summary["dtw_ratio_to_blank"]
     page = out_html.read_text(encoding="utf-8")
     assert page.count("<tr>") == 3 and "scheduled_sampling" in page and rows[1]["dtw"] in page
+    assert "blank page: DTW" in page and "DTW / blank" in page and rows[1]["blank_ssim"] in page
+    assert visualize.format_number(summary["dtw_ratio_to_blank"]) in page
+
+
+def test_metrics_table_reads_summaries_without_blank_reference(
+    tmp_path: Path, evaluated: dict
+) -> None:
+    summary = json.loads(evaluated["math/baseline"][1].read_text())
+    del summary["blank"], summary["dtw_ratio_to_blank"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(summary))
+    (row,) = visualize.metrics_table([("math/baseline", old)], tmp_path / "t.csv")
+    assert row["blank_dtw"] == "" and row["dtw_ratio_to_blank"] is None
+    assert row["dtw"] == visualize.format_mean_std(summary["dtw"]["mean"], summary["dtw"]["std"])
+    summary["blank"] = {"dtw": {"mean": 1.0}}
+    old.write_text(json.dumps(summary))
+    with pytest.raises(DataError, match="old.json.*blank-page"):
+        visualize.metrics_table([("math/baseline", old)], tmp_path / "t.csv")
 
 
 def test_metrics_table_bad_summary(tmp_path: Path) -> None:

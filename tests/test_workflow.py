@@ -8,8 +8,10 @@ results/. The complete micro run is a session fixture shared by the rerun and re
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
+import math
 import os
 import re
 import select
@@ -20,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -238,9 +241,15 @@ def test_default_config_plans_the_whole_dag(tmp_path: Path) -> None:
         "sample_grid": 1,
         "metric_plots": 1,
         "metrics_table": 1,
+        "paired": 1,
+        "paired_table": 1,
         "all": 1,
     }
     commands = shell_commands(text)
+    (paired,) = [c for c in commands if "markup2im figures paired " in c]
+    assert "--baseline results/math/baseline/ddim50/metrics.csv" in paired, paired
+    assert "--treatment results/math/scheduled_sampling/ddim50/metrics.csv" in paired, paired
+    assert "--resamples 10000 --seed 0" in paired
     build = next(c for c in commands if "build-dataset" in c)
     assert "--domain math --synthetic" in build
     for c in (c for c in commands if "markup2im train" in c):
@@ -252,6 +261,15 @@ def test_default_config_plans_the_whole_dag(tmp_path: Path) -> None:
     assert all("--sampler ddim --num-inference-steps 50" in c for c in generate)
 
 
+def test_paired_comparison_needs_both_methods(tmp_path: Path) -> None:
+    config = yaml.safe_load(MICRO.read_text())
+    config["methods"] = ["baseline"]
+    proc = snakemake(tmp_path, "--configfile", write_config(tmp_path / "one.yaml", config), "-n")
+    counts = job_counts(output_of(proc))
+    assert proc.returncode == 0 and counts["evaluate"] == 1, output_of(proc)
+    assert "paired" not in counts and "paired_table" not in counts
+
+
 def test_paper_config_plans_hub_datasets_on_gpus(tmp_path: Path) -> None:
     proc = snakemake(tmp_path, "--configfile", PAPER, "-n", "-p")
     text = output_of(proc)
@@ -260,6 +278,7 @@ def test_paper_config_plans_hub_datasets_on_gpus(tmp_path: Path) -> None:
     assert counts["download_dataset"] == 4
     assert counts["train"] == 8
     assert counts["generate"] == counts["evaluate"] == 16  # 4 datasets x 2 methods x 2 samplers
+    assert counts["paired"] == 8 and counts["paired_table"] == 1  # 4 datasets x 2 samplers
     commands = shell_commands(text)
     downloads = [c for c in commands if "markup2im download" in c]
     for hub_id in (
@@ -336,6 +355,97 @@ def test_micro_run_makes_every_output(micro_run: Path) -> None:
     assert (micro_run / "benchmarks" / "train" / "micro" / "baseline.tsv").is_file()
 
 
+METRIC_NAMES = ("dtw", "dtw_shift", "ssim", "mse")
+
+
+def assert_in_range(metric: str, value: float, where: str) -> None:
+    """A metric value is finite and within the metric's range."""
+    assert math.isfinite(value), (where, metric, value)
+    if metric in ("dtw", "dtw_shift"):
+        assert value >= 0, (where, metric, value)
+    elif metric == "mse":
+        assert 0 <= value <= 255**2, (where, metric, value)
+    else:
+        assert -1 <= value <= 1, (where, metric, value)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_micro_run_metrics_are_in_range_with_blank_and_paired(micro_run: Path) -> None:
+    """Values, not only files: per-image metrics and summaries in range, the blank-page reference
+    equal to sqrt(ink) of the gold pages, and a paired comparison consistent with both runs."""
+    results = micro_run / "results" / "micro"
+    values, summaries = {}, {}
+    for method in ("baseline", "scheduled_sampling"):
+        run = results / method / "ddim4"
+        rows = read_rows(run / "metrics.csv")
+        assert len(rows) == 4
+        values[method] = {r["filename"]: {m: float(r[m]) for m in METRIC_NAMES} for r in rows}
+        for name, scores in values[method].items():
+            for metric, value in scores.items():
+                assert_in_range(metric, value, f"{method}/{name}")
+            assert scores["dtw_shift"] <= scores["dtw"] + 1e-9
+        summary = json.loads((run / "metrics_summary.json").read_text())
+        summaries[method] = summary
+        assert summary["count"] == 4
+        for metric in METRIC_NAMES:
+            for entry in (summary[metric], summary["blank"][metric]):
+                assert entry["count"] == 4
+                for stat in ("mean", "median", "min", "max"):
+                    assert_in_range(metric, entry[stat], f"{method} summary {stat}")
+                assert math.isfinite(entry["std"]) and entry["std"] >= 0
+                assert entry["min"] <= entry["mean"] <= entry["max"]
+            mean = sum(v[metric] for v in values[method].values()) / 4
+            assert summary[metric]["mean"] == pytest.approx(mean, rel=1e-12, abs=1e-12)
+        # a blank page against the gold formulas: dtw is the root of each page's ink
+        gold = sorted((run / "samples" / "gold").glob("*.png"))
+        assert [p.name for p in gold] == sorted(values[method])
+        ink = [int((np.asarray(Image.open(p).convert("L")) < 150).sum()) for p in gold]
+        assert min(ink) > 0
+        blank_dtw = sum(math.sqrt(k) for k in ink) / len(ink)
+        assert summary["blank"]["dtw"]["mean"] == pytest.approx(blank_dtw, rel=1e-12)
+        assert summary["dtw_ratio_to_blank"] == pytest.approx(
+            summary["dtw"]["mean"] / summary["blank"]["dtw"]["mean"], rel=1e-12
+        )
+        assert summary["dtw_ratio_to_blank"] >= 0
+    # both methods score the same gold pages, so their blank references agree
+    assert summaries["baseline"]["blank"] == summaries["scheduled_sampling"]["blank"]
+
+    table = {r["method"]: r for r in read_rows(micro_run / "results/summary/metrics_table.csv")}
+    assert set(table) == {"baseline (ddim4)", "scheduled_sampling (ddim4)"}
+    for method, summary in summaries.items():
+        row = table[f"{method} (ddim4)"]
+        assert float(row["dtw_ratio_to_blank"]) == pytest.approx(summary["dtw_ratio_to_blank"])
+        assert float(row["blank_mse_mean"]) == pytest.approx(summary["blank"]["mse"]["mean"])
+        assert "\u00b1" in row["blank_ssim"]
+
+    paired = read_rows(results / "figures" / "ddim4" / "paired.csv")
+    assert [r["metric"] for r in paired] == list(METRIC_NAMES)
+    base, treat = values["baseline"], values["scheduled_sampling"]
+    for row in paired:
+        metric = row["metric"]
+        differences = [treat[n][metric] - base[n][metric] for n in sorted(base)]
+        low, mean, high = (float(row[k]) for k in ("ci_low", "mean_difference", "ci_high"))
+        assert int(row["n"]) == 4 and int(row["resamples"]) == 10000
+        assert mean == pytest.approx(sum(differences) / 4, rel=1e-9, abs=1e-12)
+        assert min(differences) - 1e-12 <= low <= mean + 1e-12
+        assert mean - 1e-12 <= high <= max(differences) + 1e-12
+        assert float(row["baseline_mean"]) == pytest.approx(
+            summaries["baseline"][metric]["mean"], rel=1e-12
+        )
+        win = float(row["win_rate"])
+        assert 0 <= win <= 1 and (8 * win).is_integer()  # 4 images, ties count half
+    assert (results / "figures" / "ddim4" / "paired.html").stat().st_size > 0
+    summary_rows = read_rows(micro_run / "results" / "summary" / "paired_table.csv")
+    assert [(r["dataset"], r["sampler"]) for r in summary_rows] == [("micro", "ddim4")] * 4
+    assert [r["mean_difference"] for r in summary_rows] == [r["mean_difference"] for r in paired]
+    assert "<table>" in (micro_run / "results" / "summary" / "paired_table.html").read_text()
+
+
 @pytest.mark.slow
 def test_forcerun_evaluate_reruns_evaluation_onward_only(micro_run: Path) -> None:
     run = micro_run / "results" / "micro" / "baseline"
@@ -350,6 +460,8 @@ def test_forcerun_evaluate_reruns_evaluation_onward_only(micro_run: Path) -> Non
         "evaluate": 2,
         "metric_plots": 1,
         "metrics_table": 1,
+        "paired": 1,
+        "paired_table": 1,
         "all": 1,
     }
     assert {p: p.stat().st_mtime_ns for p in untouched} == before
@@ -369,6 +481,8 @@ def test_changed_generation_setting_reruns_generation_onward_only(micro_run: Pat
         "gif_compare": 1,
         "metric_plots": 1,
         "metrics_table": 1,
+        "paired": 1,
+        "paired_table": 1,
         "sample_grid": 1,
         "all": 1,
     }
@@ -619,8 +733,18 @@ def test_report_shows_metrics_table_and_gif(micro_run: Path, tmp_path: Path) -> 
         )
         assert table, "no table shown for the metrics table"
         assert table["rows"] >= 3 and table["width"] > 0 and table["height"] > 0
-        for word in ("micro", "baseline", "scheduled", "dtw", "ssim"):
+        for word in ("micro", "baseline", "scheduled", "dtw", "ssim", "blank"):
             assert word in table["text"].lower(), (word, table["text"])
+        # the paired comparison: Metrics -> Summary -> its row
+        browser.home()
+        browser.click_link("Metrics")
+        browser.click_link("Summary")
+        browser.open_result("paired comparison table")
+        paired = browser.in_shown_page(
+            "(() => { const t = document.querySelector('table');"
+            " return t && t.innerText.includes('better') ? t.innerText : null; })()"
+        )
+        assert paired and "micro" in paired and "scheduled sampling" in paired, paired
         # a GIF: Denoising -> the comparison of gold and both methods
         browser.home()
         browser.click_link("Denoising")

@@ -5,7 +5,8 @@ The definitions follow the original evaluation exactly (DESIGN.md section 8): im
 warping under squared Euclidean column cost and reports the square root of the minimal cumulative
 cost; ``dtw_shift`` uses as column cost the minimum over small vertical shifts; ``ssim`` is
 scikit-image's ``structural_similarity(win_size=11, use_sample_covariance=False, data_range=255)``;
-``mse`` is the pixel mean squared error on the 0..255 scale.
+``mse`` is the pixel mean squared error on the 0..255 scale. Every summary also scores a blank
+(all-white) page against the same gold images, the trivial answer a model has to beat.
 
 The implementation is exact integer arithmetic wherever the definition allows it, so the numbers
 equal tslearn / sewar / scikit-image to rounding (tests check 1e-9 relative), but it is fast: ink
@@ -421,6 +422,20 @@ def compute_metrics(pred: Any, gold: Any) -> dict[str, float]:
     }
 
 
+def blank_page(gold: Any) -> np.ndarray:
+    """The all-white page of ``gold``'s size: the trivial answer every model has to beat.
+
+    White in any mode (L, RGB, RGBA, ...) converts to gray 255, so this gray page scores exactly
+    as a white page in the gold's own mode would.
+    """
+    return np.full(as_gray(gold).shape, DATA_RANGE, dtype=np.uint8)
+
+
+def blank_metrics(gold: Any) -> dict[str, float]:
+    """All four metrics of the blank page against ``gold`` (the reference of every summary)."""
+    return compute_metrics(blank_page(gold), gold)
+
+
 def warm_up() -> None:
     """Compile (or load from the on-disk cache) every kernel once in this process.
 
@@ -456,7 +471,8 @@ def list_images(directory: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 def _evaluate_chunk(pairs: Sequence[tuple[str, str, str]]) -> list[tuple[str, Any]]:
-    """Metrics for (name, pred path, gold path) pairs; a problem becomes an error message."""
+    """(prediction metrics, blank-page metrics) for (name, pred path, gold path) pairs; a problem
+    becomes an error message."""
     out: list[tuple[str, Any]] = []
     for name, pred_path, gold_path in pairs:
         try:
@@ -468,7 +484,7 @@ def _evaluate_chunk(pairs: Sequence[tuple[str, str, str]]) -> list[tuple[str, An
                     f"{gold_path} is {gold.shape[1]}x{gold.shape[0]} (WxH)"
                 )
             try:
-                out.append((name, compute_metrics(pred, gold)))
+                out.append((name, (compute_metrics(pred, gold), blank_metrics(gold))))
             except ValueError as exc:
                 raise DataError(f"{name}: {exc}") from exc
         except DataError as exc:
@@ -479,7 +495,7 @@ def _evaluate_chunk(pairs: Sequence[tuple[str, str, str]]) -> list[tuple[str, An
 def _collect(
     batches: Iterable[list[tuple[str, Any]]],
     total: int,
-    results: dict[str, dict[str, float]],
+    results: dict[str, tuple[dict[str, float], dict[str, float]]],
     errors: list[str],
 ) -> None:
     """Gather per-pair results (or error messages) while showing a progress bar."""
@@ -526,8 +542,11 @@ def evaluate_dirs(
 
     Writes ``output_csv`` (filename, dtw, dtw_shift, ssim, mse; one row per pair, sorted by file
     name) and, if given, ``summary_json``: ``count``, per metric ``{count, mean, std, median, min,
-    max}``, and the unmatched files (``missing_predictions``: gold without prediction,
-    ``missing_gold``: prediction without gold) with their counts. Returns the summary.
+    max}``, the unmatched files (``missing_predictions``: gold without prediction,
+    ``missing_gold``: prediction without gold) with their counts, ``blank``: the same statistics
+    per metric for a blank page (:func:`blank_page`) against the same gold images, and
+    ``dtw_ratio_to_blank``: mean dtw / mean blank dtw (below 1: closer to the gold than a blank
+    page; None when every gold image is blank). Returns the summary.
     Unreadable images or pairs of different sizes raise one DataError naming all of them.
     """
     preds = list_images(pred_dir)
@@ -559,7 +578,7 @@ def evaluate_dirs(
     chunk = max(1, min(64, len(pairs) // (workers * 8) or 1))
     log.info("evaluating %d image pairs with %d worker(s)", len(pairs), workers)
     warm_up()
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
     errors: list[str] = []
     parts = list(_chunks(pairs, chunk))
     if workers == 1:
@@ -585,7 +604,7 @@ def evaluate_dirs(
             writer = csv.writer(handle)
             writer.writerow(["filename", *METRICS])
             for name in names:
-                writer.writerow([name, *(repr(results[name][m]) for m in METRICS)])
+                writer.writerow([name, *(repr(results[name][0][m]) for m in METRICS)])
 
     summary: dict[str, Any] = {
         "count": len(names),
@@ -597,15 +616,24 @@ def evaluate_dirs(
         "missing_gold_count": len(missing_gold),
     }
     for metric in METRICS:
-        summary[metric] = summarize([results[n][metric] for n in names])
+        summary[metric] = summarize([results[n][0][metric] for n in names])
+    summary["blank"] = {m: summarize([results[n][1][m] for n in names]) for m in METRICS}
+    summary["dtw_ratio_to_blank"] = ratio_to_blank(summary, "dtw")
     if summary_json is not None:
         write_json(summary_json, summary)
     log.info(
-        "%d pairs: %s",
+        "%d pairs: %s; blank page: %s",
         len(names),
         ", ".join(f"{m} {summary[m]['mean']:.4g} ± {summary[m]['std']:.3g}" for m in METRICS),
+        ", ".join(f"{m} {summary['blank'][m]['mean']:.4g}" for m in METRICS),
     )
     return summary
+
+
+def ratio_to_blank(summary: dict[str, Any], metric: str) -> float | None:
+    """Mean ``metric`` of a summary over its blank page's mean (None when that mean is 0)."""
+    blank = summary["blank"][metric]["mean"]
+    return summary[metric]["mean"] / blank if blank else None
 
 
 def _preview(names: Sequence[str], limit: int = 10) -> str:

@@ -27,6 +27,7 @@ from diffusers import DDPMScheduler
 from torch import nn
 
 from markup2im.atomic import atomic_dir, write_json
+from markup2im.diffusion import check_prediction_type, plain_config
 from markup2im.errors import ModelError
 from markup2im.models.denoiser import MarkupUNet
 from markup2im.models.encoder import MarkupEncoder
@@ -77,7 +78,7 @@ class Markup2ImModel(nn.Module):
         self.height, self.width, self.channels = height, width, channels
         self.model_preset = model_preset
         self.max_markup_length = max_markup_length
-        self.scheduler_config = dict(scheduler_config or DEFAULT_SCHEDULER_CONFIG)
+        self.scheduler_config = plain_config(scheduler_config or DEFAULT_SCHEDULER_CONFIG)
 
     @classmethod
     def from_config(
@@ -89,11 +90,14 @@ class Markup2ImModel(nn.Module):
         width: int,
         channels: int,
         max_markup_length: int | None = None,
+        prediction_type: str = "epsilon",
     ) -> Markup2ImModel:
         """A freshly initialised model (denoiser from the current torch seed).
 
         ``max_markup_length`` None takes the preset's default (paper 1024). The denoiser's
         text-position tables hold ``max_markup_length + 1`` rows (markup tokens + end token).
+        ``prediction_type`` (epsilon, the paper's; v_prediction; sample) is what the denoiser
+        outputs; it is saved in the scheduler config, which every sampler reads.
         """
         preset = get_model_preset(model_preset)
         preset.check_image_size(height, width)
@@ -115,6 +119,10 @@ class Markup2ImModel(nn.Module):
             channels=channels,
             model_preset=model_preset,
             max_markup_length=length,
+            scheduler_config={
+                **DEFAULT_SCHEDULER_CONFIG,
+                "prediction_type": check_prediction_type(prediction_type),
+            },
         )
 
     # -- use ------------------------------------------------------------------------------------
@@ -123,8 +131,11 @@ class Markup2ImModel(nn.Module):
         return next(self.denoiser.parameters()).device
 
     def encode(self, markups: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden states (B, L, D) and bool mask (B, L) of the markups, on the model's device."""
-        with torch.no_grad():
+        """Hidden states (B, L, D) and bool mask (B, L) of the markups, on the model's device.
+
+        Gradients reach the encoder only when it is trainable and gradients are enabled.
+        """
+        with torch.set_grad_enabled(self.encoder.trainable and torch.is_grad_enabled()):
             hidden, mask = self.encoder(markups)
         device = self.device
         return hidden.to(device), mask.to(device)
@@ -140,8 +151,10 @@ class Markup2ImModel(nn.Module):
         return self.denoiser(sample, timesteps, encoder_hidden_states, encoder_attention_mask)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The denoiser's parameters (the encoder is frozen)."""
-        return self.denoiser.parameters()
+        """The denoiser's parameters, then the encoder's when it is trainable."""
+        yield from self.denoiser.parameters()
+        if self.encoder.trainable:
+            yield from self.encoder.parameters()
 
     def train(self, mode: bool = True) -> Markup2ImModel:
         """Set the denoiser's mode; the encoder stays in eval mode."""
@@ -206,7 +219,7 @@ class Markup2ImModel(nn.Module):
             channels=int(record["channels"]),
             model_preset=str(record["model_preset"]),
             max_markup_length=int(record["max_markup_length"]),
-            scheduler_config=dict(scheduler.config),
+            scheduler_config=plain_config(scheduler.config),
         )
         model.eval()
         if device is not None:

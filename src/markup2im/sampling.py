@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from markup2im.atomic import save_image
 from markup2im.data.datasets import load_split, read_dataset_info
-from markup2im.diffusion import NoiseSchedule
+from markup2im.diffusion import NoiseSchedule, plain_config
 from markup2im.errors import ConfigError, DataError
 from markup2im.images import load_image, tensor_to_image
 
@@ -47,7 +47,7 @@ def make_scheduler(
     sampler: str, scheduler_config: dict[str, Any], num_inference_steps: int | None = None
 ) -> Any:
     """A diffusers scheduler for ``sampler`` built from the model's DDPM config, timesteps set."""
-    config = dict(scheduler_config)
+    config = plain_config(scheduler_config)
     if sampler == "ddpm":
         scheduler = DDPMScheduler.from_config(
             config,
@@ -133,12 +133,13 @@ def sample(
     for step, t in enumerate(scheduler.timesteps):
         timesteps = torch.full((len(markups),), int(t), device=device, dtype=torch.long)
         model_input = scheduler.scale_model_input(x, t)
-        eps = model(model_input, timesteps, hidden, mask).float()
+        output = model(model_input, timesteps, hidden, mask).float()
         if step in keep and wanted:
-            x0 = schedule.x0_from_eps(x[wanted], eps[wanted], timesteps[wanted]).clamp(-1, 1)
+            x0 = schedule.x0_from_output(x[wanted], output[wanted], timesteps[wanted])
+            x0 = x0.clamp(-1, 1)
             for position, frame in zip(wanted, x0.cpu(), strict=True):
                 on_frame(position, step, frame)
-        x = scheduler.step(eps, t, x, generator=list(generators)).prev_sample
+        x = scheduler.step(output, t, x, generator=list(generators)).prev_sample
         if on_step is not None:
             on_step()
     return x.cpu()

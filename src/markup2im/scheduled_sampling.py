@@ -6,13 +6,17 @@ total_steps (weight_m = start_m + p (end_m - start_m)); m = 0 gets 1 - sum. Then
 
 1. t ~ U{0..T-1} per example; while max(t) >= T - m, m decreases (so t + m <= T - 1).
 2. Without gradients, the model rolls out m of its own denoising steps from x_{t+m} =
-   q_sample(x0, noise, t + m): for tau = t+m, ..., t+1, x0_hat = x0_from_eps(x_tau,
-   model(x_tau, tau)) (not clipped) and x_{tau-1} = sqrt(abar_{tau-1}) x0_hat +
+   q_sample(x0, noise, t + m): for tau = t+m, ..., t+1, x0_hat = the x0 implied by
+   model(x_tau, tau) (not clipped) and x_{tau-1} = sqrt(abar_{tau-1}) x0_hat +
    sqrt(1 - abar_{tau-1}) * fresh noise.
 3. The target on the rolled-out x_t is recomputed from the gold image:
    eps* = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t); loss = MSE(model(x_t, t), eps*).
 
 For m = 0 the step is exactly the baseline step (x_t = q_sample(x0, noise, t), target = noise).
+The paper predicts the noise; for a model predicting v or x0 (the schedule's ``prediction_type``)
+the rollout reads x0_hat from that output and the target is the same (x_t, x0) pair expressed in
+that parameterisation (v* = sqrt(abar_t) eps* - sqrt(1 - abar_t) x0, or x0 itself), see
+:meth:`markup2im.diffusion.NoiseSchedule.target`.
 All randomness of a step comes from one ``torch.Generator`` the caller seeds, drawn on the CPU and
 moved to the data's device, so a step is reproducible on any device and independent of the global
 RNG.
@@ -31,7 +35,8 @@ from markup2im.diffusion import NoiseSchedule
 from markup2im.errors import ConfigError
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""A noise predictor ``(x_t, t) -> eps`` with the conditioning already bound."""
+"""The denoiser ``(x_t, t) -> output`` with the conditioning already bound; the output is the
+noise, v or x0 as the schedule's ``prediction_type`` says."""
 
 METHODS: tuple[str, ...] = ("baseline", "scheduled_sampling")
 DEFAULT_END: tuple[float, ...] = (0.8,)  # paper: P(m = 1) ramps 0 -> 0.8 with M = 1
@@ -118,7 +123,7 @@ class ScheduledSamplingConfig:
 
 @dataclass
 class StepInputs:
-    """What the trained forward pass sees: noisy images, timesteps, epsilon target, used m."""
+    """What the trained forward pass sees: noisy images, timesteps, target, used m."""
 
     x_t: torch.Tensor
     timesteps: torch.Tensor
@@ -145,6 +150,35 @@ def clamp_m(m: int, timesteps: torch.Tensor, num_train_timesteps: int) -> int:
     return m
 
 
+def usable_m(
+    config: ScheduledSamplingConfig, m: int, timesteps: torch.Tensor, num_train_timesteps: int
+) -> int:
+    """The drawn m after the schedule's end (:func:`clamp_m`) and the small-t guard."""
+    m = clamp_m(m, timesteps, num_train_timesteps)
+    # The guard: the error of the rolled-out x_t enters eps* multiplied by sqrt(abar_t) /
+    # sqrt(1 - abar_t) (about 100 at t = 0, 6 at t = 50), so rollouts ending at small t give
+    # huge, noisy targets; an earlier version of the original skipped them when min(t) <= 50.
+    if m > 0 and config.min_t is not None and int(timesteps.min()) <= config.min_t:
+        m = 0
+    return m
+
+
+def draw_timesteps_and_m(
+    config: ScheduledSamplingConfig,
+    progress: float,
+    batch: int,
+    num_train_timesteps: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, int]:
+    """The first draws of a step: t per example (on the CPU) and the usable m.
+
+    Needs no model, so a run's logged m can be replayed from its seeds.
+    """
+    timesteps = torch.randint(0, num_train_timesteps, (batch,), generator=generator)
+    m = draw_m(config.weights(progress), generator)
+    return timesteps, usable_m(config, m, timesteps, num_train_timesteps)
+
+
 def build_inputs(
     eps_model: EpsModel,
     schedule: NoiseSchedule,
@@ -159,7 +193,8 @@ def build_inputs(
     ``fresh_noise`` holds the m noise tensors of the rollout steps, in order.
     """
     if m == 0:
-        return StepInputs(schedule.q_sample(x0, noise, timesteps), timesteps, noise, 0)
+        x_t = schedule.q_sample(x0, noise, timesteps)
+        return StepInputs(x_t, timesteps, schedule.target_from_noise(x0, noise, timesteps), 0)
     if len(fresh_noise) != m:
         raise ValueError(
             f"rollout of {m} steps needs {m} fresh noise tensors, got {len(fresh_noise)}"
@@ -172,12 +207,12 @@ def build_inputs(
         tau = timesteps + m
         x_tau = schedule.q_sample(x0, noise, tau)
         for step_noise in fresh_noise:
-            eps_hat = eps_model(x_tau, tau).to(x_tau.dtype)
-            x0_hat = schedule.x0_from_eps(x_tau, eps_hat, tau)
+            output = eps_model(x_tau, tau).to(x_tau.dtype)
+            x0_hat = schedule.x0_from_output(x_tau, output, tau)
             tau = tau - 1
             x_tau = schedule.q_sample(x0_hat, step_noise, tau)
         x_t = x_tau.detach()
-    target = schedule.eps_from_x0(x_t, x0, timesteps)
+    target = schedule.target(x_t, x0, timesteps)
     return StepInputs(x_t, timesteps, target.detach(), m)
 
 
@@ -192,15 +227,9 @@ def prepare_step(
     """Draw t, m and the noise of one step from ``generator`` and build its training inputs."""
     batch, device = x0.shape[0], x0.device
     T = schedule.num_train_timesteps
-    timesteps = torch.randint(0, T, (batch,), generator=generator).to(device)
-    m = draw_m(config.weights(progress), generator)
+    timesteps, m = draw_timesteps_and_m(config, progress, batch, T, generator)
+    timesteps = timesteps.to(device)
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(device, x0.dtype)
-    m = clamp_m(m, timesteps, T)
-    # The guard: the error of the rolled-out x_t enters eps* multiplied by sqrt(abar_t) /
-    # sqrt(1 - abar_t) (about 100 at t = 0, 6 at t = 50), so rollouts ending at small t give
-    # huge, noisy targets; an earlier version of the original skipped them when min(t) <= 50.
-    if m > 0 and config.min_t is not None and int(timesteps.min()) <= config.min_t:
-        m = 0
     fresh = [
         torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(device, x0.dtype)
         for _ in range(m)
@@ -208,7 +237,16 @@ def prepare_step(
     return build_inputs(eps_model, schedule, x0, timesteps, m, noise, fresh)
 
 
-def step_loss(eps_model: EpsModel, inputs: StepInputs) -> torch.Tensor:
-    """MSE over all elements between the model's noise prediction and the target (float32)."""
+def step_loss(
+    eps_model: EpsModel, inputs: StepInputs, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """MSE over all elements between the model's output and the target (float32).
+
+    ``weights`` (one per example, e.g. min-SNR) weigh each example's mean squared error; without
+    them every element counts the same (the paper's loss).
+    """
     prediction = eps_model(inputs.x_t, inputs.timesteps)
-    return F.mse_loss(prediction.float(), inputs.target.float())
+    if weights is None:
+        return F.mse_loss(prediction.float(), inputs.target.float())
+    per_example = (prediction.float() - inputs.target.float()).pow(2).flatten(1).mean(1)
+    return (per_example * weights.to(per_example.device, torch.float32)).mean()

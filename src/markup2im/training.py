@@ -15,6 +15,7 @@ Output directory::
     O/checkpoints/checkpoint-<step>/   Accelerator.save_state + markup2im_train.json (resume point)
     O/train_log.csv                    step, epoch, loss, lr, ss_prob, m, seconds (one row per step)
     O/model/                           the final Markup2ImModel.save_pretrained layout
+    O/snapshots/step-<N>/              the model every --snapshot-every steps (when asked)
 
 Reproducible and preemption-safe: the data order is a seeded permutation per epoch, and all
 randomness of a step (t, m, noise, rollout noise) comes from a generator seeded by (seed, process,
@@ -51,7 +52,7 @@ import torch
 
 from markup2im.atomic import atomic_path, write_json
 from markup2im.data.datasets import DatasetInfo, load_split, read_dataset_info
-from markup2im.diffusion import NoiseSchedule
+from markup2im.diffusion import NoiseSchedule, check_prediction_type
 from markup2im.errors import ConfigError, DataError, TrainingDivergedError
 from markup2im.images import image_to_tensor, load_image
 from markup2im.presets import DOMAINS
@@ -89,6 +90,9 @@ class TrainConfig:
     model_preset: str = "paper"
     encoder: str | None = None  # None: the dataset domain's hub encoder (paper)
     max_markup_length: int | None = None  # None: the model preset's default
+    prediction_type: str = "epsilon"  # the paper's; v_prediction or sample also work
+    train_encoder: bool = False  # the paper freezes its pretrained encoders
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting; None: plain MSE (paper)
     epochs: int = 100
     max_steps: int | None = None
     batch_size: int = 16
@@ -107,6 +111,7 @@ class TrainConfig:
     ss_min_t: int | None = None
     checkpoint_every: int = 500
     checkpoints_total_limit: int | None = 3
+    snapshot_every: int | None = None  # also save the model every N steps (learning curves)
     resume: str = "none"
     limit_train: int | None = None
     num_workers: int = 0
@@ -131,6 +136,8 @@ class TrainConfig:
             positive["limit_train"] = self.limit_train
         if self.checkpoints_total_limit is not None:
             positive["checkpoints_total_limit"] = self.checkpoints_total_limit
+        if self.snapshot_every is not None:
+            positive["snapshot_every"] = self.snapshot_every
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"train: {key} must be >= 1, got {value}")
@@ -149,6 +156,11 @@ class TrainConfig:
             )
         if self.resume not in ("latest", "none"):
             raise ConfigError(f"train: resume must be 'latest' or 'none', got {self.resume!r}")
+        check_prediction_type(self.prediction_type)
+        if self.snr_gamma is not None and not (
+            math.isfinite(self.snr_gamma) and self.snr_gamma > 0
+        ):
+            raise ConfigError(f"train: snr_gamma must be a positive number, got {self.snr_gamma}")
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"train: ema_decay must lie in (0, 1), got {self.ema_decay}")
 
@@ -165,7 +177,7 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """Settings a checkpoint can only be resumed with unchanged."""
         skip = {"dataset_dir", "output_dir", "resume", "checkpoint_every", "checkpoints_total_limit",
-                "num_workers"}  # fmt: skip
+                "num_workers", "snapshot_every"}  # fmt: skip
         return {
             k: list(v) if isinstance(v, tuple) else v
             for k, v in dataclasses.asdict(self).items()
@@ -321,8 +333,14 @@ def list_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
 
 def _check_resumable(checkpoint: Path, config: TrainConfig, world_size: int) -> None:
     record = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    # a setting added after the checkpoint was written had its default value then
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     saved, current = record.get("config", {}), config.fingerprint()
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    changed = sorted(
+        k
+        for k in set(saved) | set(current)
+        if saved.get(k, defaults.get(k)) != current.get(k, defaults.get(k))
+    )
     if changed:
         details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise ConfigError(
@@ -408,7 +426,9 @@ def train(config: TrainConfig) -> TrainResult:
         width=info.width,
         channels=info.channels,
         max_markup_length=config.max_markup_length,
+        prediction_type=config.prediction_type,
     )
+    model.encoder.set_trainable(config.train_encoder)
     model.to(accelerator.device)
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
     params = list(model.trainable_parameters())
@@ -436,6 +456,8 @@ def train(config: TrainConfig) -> TrainResult:
         ema = EMAModel(params, decay=config.ema_decay)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
+    if config.train_encoder:  # outside the prepared denoiser: its weights need a checkpoint slot
+        accelerator.register_for_checkpointing(model.encoder.model)
 
     resumed_from = _start_or_resume(accelerator, config, checkpoint_dir, world_size)
     if main:
@@ -477,6 +499,17 @@ def train(config: TrainConfig) -> TrainResult:
             logger.info("saved checkpoint %s", final)
         accelerator.wait_for_everyone()
         return final
+
+    def save_snapshot() -> None:
+        """The model as it would be saved if training ended now (EMA weights when kept)."""
+        if ema is not None:
+            ema.store(params)
+            ema.copy_to(params)
+        if main:
+            model.save_pretrained(output_dir / "snapshots" / f"step-{state.global_step}")
+        if ema is not None:
+            ema.restore(params)
+        accelerator.wait_for_everyone()
 
     log_file = log_path.open("a", newline="", encoding="utf-8") if main else None
     log_writer = csv.writer(log_file) if log_file else None
@@ -528,7 +561,12 @@ def train(config: TrainConfig) -> TrainResult:
                             inputs = prepare_step(
                                 eps_model, schedule, ss_config, images, fraction, generator
                             )
-                            loss = step_loss(eps_model, inputs)
+                            weights = (
+                                None
+                                if config.snr_gamma is None
+                                else schedule.min_snr_weight(inputs.timesteps, config.snr_gamma)
+                            )
+                            loss = step_loss(eps_model, inputs, weights)
                             accelerator.backward(loss / group)
                         loss_sum += loss.detach().float()
                         m_used = max(m_used, inputs.m)
@@ -547,7 +585,12 @@ def train(config: TrainConfig) -> TrainResult:
                             f"last good checkpoint: {_latest_path(checkpoint_dir)}; "
                             "lower --learning-rate"
                         )
-                    accelerator.clip_grad_norm_(denoiser.parameters(), config.max_grad_norm)
+                    if config.train_encoder and world_size > 1:
+                        # the encoder runs outside the DDP wrapper: average its gradients here
+                        for p in model.encoder.parameters():
+                            if p.grad is not None:
+                                p.grad = accelerator.reduce(p.grad, reduction="mean")
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
                     optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -577,6 +620,8 @@ def train(config: TrainConfig) -> TrainResult:
                     progress.set_postfix(loss=f"{last_loss:.4f}", m=m_used, refresh=False)
                     if state.global_step % config.checkpoint_every == 0 or stopping:
                         checkpoint = save_checkpoint()
+                    if config.snapshot_every and state.global_step % config.snapshot_every == 0:
+                        save_snapshot()
                     if stopping:
                         raise TrainingInterrupted(state.global_step, checkpoint)
                 if state.batches_in_epoch >= batches_per_epoch:

@@ -288,20 +288,22 @@ def split_label(label: str) -> tuple[str, str]:
     return (dataset, method) if sep else ("", label)
 
 
-def _number(value: float) -> str:
+def format_number(value: float, sign: bool = False) -> str:
+    """``value`` with a precision suited to its magnitude (``sign``: always with + or -)."""
     magnitude = abs(value)
+    plus = "+" if sign else ""
     if magnitude >= 100:
-        return f"{value:.1f}"
+        return f"{value:{plus}.1f}"
     if magnitude >= 1:
-        return f"{value:.2f}"
-    return f"{value:.4f}"
+        return f"{value:{plus}.2f}"
+    return f"{value:{plus}.4f}"
 
 
 def format_mean_std(mean: float | None, std: float | None) -> str:
     """``mean ± std`` with a precision suited to the magnitude; empty when missing."""
     if mean is None:
         return ""
-    return f"{_number(mean)} \u00b1 {_number(std or 0.0)}"
+    return f"{format_number(mean)} \u00b1 {format_number(std or 0.0)}"
 
 
 def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -318,6 +320,11 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         entry = summary.get(metric)
         if not isinstance(entry, dict) or "mean" not in entry or "std" not in entry:
             raise DataError(f"{path}: summary has no mean/std for {metric!r}")
+        # summaries written before the blank reference existed have no "blank"
+        blank = summary.get("blank", {metric: {"mean": None, "std": None}})
+        entry = blank.get(metric) if isinstance(blank, dict) else None
+        if not isinstance(entry, dict) or "mean" not in entry or "std" not in entry:
+            raise DataError(f"{path}: summary has no blank-page mean/std for {metric!r}")
     return summary
 
 
@@ -326,11 +333,15 @@ def metrics_table(
     output_csv: str | os.PathLike[str],
     output_html: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Table of dataset x method rows with ``mean ± std`` per metric (plus the plain numbers).
+    """Table of dataset x method rows with ``mean ± std`` per metric (plus the plain numbers),
+    next to what a blank page scores on the same gold images.
 
     CSV columns: dataset, method, count, missing_predictions, missing_gold, one ``mean ± std`` column
-    per metric, then ``<metric>_mean``, ``<metric>_std``, ``<metric>_median``. The optional HTML
-    file is a self-contained page with the formatted table. Returns the rows.
+    per metric, one ``blank_<metric>`` column per metric (the blank page's ``mean ± std``),
+    ``dtw_ratio_to_blank`` (below 1: the model's pages are closer to the gold than a blank one),
+    then ``<metric>_mean``, ``<metric>_std``, ``<metric>_median`` and ``blank_<metric>_mean``,
+    ``blank_<metric>_std``. Blank cells are empty for summaries without a blank reference. The
+    optional HTML file is a self-contained page with the formatted table. Returns the rows.
     """
     if not summaries:
         raise DataError("metrics_table: no summaries given")
@@ -345,11 +356,19 @@ def metrics_table(
             "missing_predictions": summary.get("missing_predictions_count", 0),
             "missing_gold": summary.get("missing_gold_count", 0),
         }
+        blank = summary.get("blank", {})
         for metric in METRICS:
             row[metric] = format_mean_std(summary[metric]["mean"], summary[metric]["std"])
         for metric in METRICS:
+            entry = blank.get(metric, {})
+            row[f"blank_{metric}"] = format_mean_std(entry.get("mean"), entry.get("std"))
+        row["dtw_ratio_to_blank"] = summary.get("dtw_ratio_to_blank")
+        for metric in METRICS:
             for stat in ("mean", "std", "median"):
                 row[f"{metric}_{stat}"] = summary[metric].get(stat)
+        for metric in METRICS:
+            for stat in ("mean", "std"):
+                row[f"blank_{metric}_{stat}"] = blank.get(metric, {}).get(stat)
         rows.append(row)
     header = list(rows[0])
     with atomic_path(output_csv) as tmp:
@@ -359,10 +378,21 @@ def metrics_table(
             for row in rows:
                 writer.writerow({k: "" if v is None else v for k, v in row.items()})
     if output_html is not None:
-        shown = ["dataset", "method", "count", *METRICS]
-        titles = ["dataset", "method", "n", *(METRIC_TITLES[m] for m in METRICS)]
-        body = _html_table(titles, [[row[k] for k in shown] for row in rows])
-        write_text(output_html, _html_page("Metrics (mean \u00b1 std)", body))
+        shown = ["dataset", "method", "count", *METRICS, *(f"blank_{m}" for m in METRICS)]
+        titles = [
+            "dataset",
+            "method",
+            "n",
+            *(METRIC_TITLES[m] for m in METRICS),
+            *(f"blank page: {METRIC_TITLES[m]}" for m in METRICS),
+            "DTW / blank \u2193",
+        ]
+        ratios = [row["dtw_ratio_to_blank"] for row in rows]
+        body = [
+            [row[k] for k in shown] + ["" if ratio is None else format_number(ratio)]
+            for row, ratio in zip(rows, ratios, strict=True)
+        ]
+        write_text(output_html, table_page("Metrics (mean \u00b1 std)", titles, body))
     log.info("wrote %s (%d rows)", output_csv, len(rows))
     return rows
 
@@ -505,6 +535,11 @@ _STYLE = (
     "th{background:#eee}"
     "img{max-width:100%;image-rendering:pixelated}"
 )
+
+
+def table_page(title: str, header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A self-contained HTML page holding one table (cells escaped)."""
+    return _html_page(title, _html_table(header, rows))
 
 
 def _html_page(title: str, body: str) -> str:

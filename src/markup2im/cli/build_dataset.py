@@ -27,6 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="use the domain's seeded generator (molecules: SMILES shipped with RDKit)",
     )
+    parser.add_argument(
+        "--difficulty",
+        default=None,
+        help="level of the synthetic generator (math: standard or simple; default standard)",
+    )
     parser.add_argument("--output-dir", required=True, help="dataset directory to write")
     sizes = parser.add_argument_group(
         "split sizes",
@@ -49,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         args.output_dir,
         markup_file=args.markup_file,
         synthetic=args.synthetic,
+        difficulty=args.difficulty,
         train=args.train,
         validation=args.validation,
         test=args.test,

@@ -15,7 +15,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pred-dir", required=True, help="directory of predicted images")
     parser.add_argument("--gold-dir", required=True, help="directory of gold images (same names)")
     parser.add_argument("--output", required=True, help="per-image metrics CSV to write")
-    parser.add_argument("--summary", default=None, help="summary JSON to write (mean/std/median)")
+    parser.add_argument(
+        "--summary",
+        default=None,
+        help="summary JSON to write (mean/std/median, and the same for a blank page)",
+    )
     parser.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: all cores)"
     )

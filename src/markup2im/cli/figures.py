@@ -1,4 +1,5 @@
-"""``markup2im figures``: sample grids, the metrics table, plots and HTML pages for the report."""
+"""``markup2im figures``: sample grids, the metrics table, the paired comparison of two methods,
+plots and HTML pages for the report."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def labelled(value: str) -> tuple[str, str]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``figures grid|metrics-table|metric-plots|loss-curves|html``."""
+    """Register ``figures grid|metrics-table|paired|paired-table|metric-plots|loss-curves|html``."""
     parser = subparsers.add_parser("figures", help="report figures and tables", description=__doc__)
     commands = parser.add_subparsers(dest="figures_command", required=True, metavar="KIND")
 
@@ -45,6 +46,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     table.add_argument("--output", required=True, help="CSV to write")
     table.add_argument("--html", default=None, help="also write this HTML page")
     table.set_defaults(func=run_table)
+
+    paired = commands.add_parser(
+        "paired",
+        help="treatment - baseline per image: mean difference, bootstrap interval, win rate",
+        description="Paired comparison of two runs over the same images: for each metric the "
+        "mean per-image difference (treatment - baseline) with a percentile-bootstrap interval, "
+        "and the fraction of images where the treatment is better (ties count half).",
+    )
+    paired.add_argument("--baseline", required=True, help="metrics CSV of the baseline run")
+    paired.add_argument("--treatment", required=True, help="metrics CSV of the compared run")
+    paired.add_argument("--output", required=True, help="CSV to write (one row per metric)")
+    paired.add_argument("--html", default=None, help="also write this HTML page")
+    paired.add_argument("--title", default=None, help="page title")
+    paired.add_argument(
+        "--resamples", type=int, default=10_000, help="bootstrap resamples (default: 10000)"
+    )
+    paired.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    paired.add_argument(
+        "--confidence", type=float, default=0.95, help="interval coverage (default: 0.95)"
+    )
+    paired.set_defaults(func=run_paired)
+
+    paired_all = commands.add_parser(
+        "paired-table", help="every paired comparison (dataset x sampler) in one table"
+    )
+    paired_all.add_argument(
+        "--paired",
+        required=True,
+        action="append",
+        type=labelled,
+        metavar="LABEL=CSV",
+        help="CSV of `markup2im figures paired` (repeat; LABEL like math/ddim50)",
+    )
+    paired_all.add_argument("--output", required=True, help="CSV to write")
+    paired_all.add_argument("--html", default=None, help="also write this HTML page")
+    paired_all.set_defaults(func=run_paired_table)
 
     plots = commands.add_parser("metric-plots", help="per-image metric distributions per method")
     plots.add_argument(
@@ -93,6 +130,31 @@ def run_table(args: argparse.Namespace) -> int:
     from markup2im.visualize import metrics_table
 
     metrics_table(args.summary, args.output, args.html)
+    return 0
+
+
+def run_paired(args: argparse.Namespace) -> int:
+    """Write the paired comparison of two runs."""
+    from markup2im.compare import compare_runs
+
+    compare_runs(
+        args.baseline,
+        args.treatment,
+        args.output,
+        args.html,
+        title=args.title,
+        resamples=args.resamples,
+        seed=args.seed,
+        confidence=args.confidence,
+    )
+    return 0
+
+
+def run_paired_table(args: argparse.Namespace) -> int:
+    """Write the table of every paired comparison."""
+    from markup2im.compare import paired_table
+
+    paired_table(args.paired, args.output, args.html)
     return 0
 
 

@@ -48,6 +48,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="tokens kept (default: the model preset's, 1024 for paper)",
     )
+    p.add_argument(
+        "--prediction-type",
+        choices=("epsilon", "v_prediction", "sample"),
+        default="epsilon",
+        help="what the denoiser predicts: the noise (the paper's), v, or the clean image",
+    )
+    p.add_argument(
+        "--train-encoder",
+        action="store_true",
+        help="train the markup encoder with the denoiser (the paper keeps it frozen)",
+    )
+    p.add_argument(
+        "--snr-gamma",
+        type=float,
+        default=None,
+        help="min-SNR-gamma loss weighting (e.g. 5); default: plain MSE as in the paper",
+    )
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides epochs)")
     p.add_argument("--batch-size", type=int, default=16, help="per process (default 16)")
@@ -73,6 +90,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoints-total-limit", type=int, default=3, help="checkpoints kept (0: all)"
     )
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=None,
+        help="also save the model to O/snapshots/step-N every N steps (for learning curves)",
+    )
     p.add_argument("--resume", choices=("latest", "none"), default="none")
     p.add_argument("--limit-train", type=int, default=None, help="use the first N train examples")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
@@ -90,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
         model_preset=args.model_preset,
         encoder=args.encoder,
         max_markup_length=args.max_markup_length,
+        prediction_type=args.prediction_type,
+        train_encoder=args.train_encoder,
+        snr_gamma=args.snr_gamma,
         epochs=args.epochs,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
@@ -108,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         ss_min_t=args.ss_min_t,
         checkpoint_every=args.checkpoint_every,
         checkpoints_total_limit=args.checkpoints_total_limit or None,
+        snapshot_every=args.snapshot_every,
         resume=args.resume,
         limit_train=args.limit_train,
         num_workers=args.num_workers,

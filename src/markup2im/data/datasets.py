@@ -246,6 +246,7 @@ def build_dataset(
     *,
     markup_file: str | os.PathLike[str] | None = None,
     synthetic: bool = False,
+    difficulty: str | None = None,
     train: int | None = None,
     validation: int | None = None,
     test: int | None = None,
@@ -272,6 +273,8 @@ def build_dataset(
     spec = get_domain(domain)
     if (markup_file is None) == (not synthetic):
         raise ConfigError("give exactly one source: --markup-file FILE or --synthetic")
+    if difficulty is not None and not synthetic:
+        raise ConfigError("--difficulty sets the synthetic generator's level; it needs --synthetic")
     sizes = _split_sizes(train, validation, test, synthetic)
     width, height = width or spec.width, height or spec.height
     started = time.monotonic()
@@ -279,9 +282,10 @@ def build_dataset(
     blank_lines = 0
     known_errors: dict[int, str] = {}
     if synthetic:
-        source_name = f"synthetic:{spec.name}"
+        source_name = f"synthetic:{spec.name}" + (f":{difficulty}" if difficulty else "")
         stream: Iterator[tuple[str, int | None]] = (
-            (m, None) for m in synth.iter_unique(spec.name, seed)
+            (m, None)
+            for m in synth.iter_unique(spec.name, seed, difficulty or synth.DEFAULT_DIFFICULTY)
         )
     else:
         marked = read_markup_file(markup_file)  # type: ignore[arg-type]

@@ -75,6 +75,7 @@ class MarkupEncoder(nn.Module):
         self.num_encoded = 0
         self.num_truncated = 0
         self.last_num_truncated = 0
+        self.trainable = False
         self.model.requires_grad_(False)
         self.train(False)
 
@@ -187,8 +188,18 @@ class MarkupEncoder(nn.Module):
 
     # -- behaviour ------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> MarkupEncoder:
-        """Stay in eval mode whatever is asked: the encoder is frozen (no dropout)."""
+        """Stay in eval mode whatever is asked: no dropout, trained or not."""
         super().train(False)
+        return self
+
+    def set_trainable(self, trainable: bool = True) -> MarkupEncoder:
+        """Let training update the encoder's weights (frozen by default, as in the paper).
+
+        A trainable encoder still runs in eval mode (no dropout); its forward pass keeps the
+        gradient whenever gradients are enabled.
+        """
+        self.trainable = bool(trainable)
+        self.model.requires_grad_(self.trainable)
         return self
 
     @property
@@ -232,14 +243,17 @@ class MarkupEncoder(nn.Module):
                 self.num_encoded,
             )
 
-    @torch.no_grad()
     def forward(self, markups: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode markups: hidden states (B, L, D) zeroed at padding, and the (B, L) bool mask."""
+        """Encode markups: hidden states (B, L, D) zeroed at padding, and the (B, L) bool mask.
+
+        No gradient flows unless the encoder is trainable (:meth:`set_trainable`).
+        """
         input_ids, mask = self.tokenize(markups)
         device = self.device
         input_ids, mask = input_ids.to(device), mask.to(device)
-        hidden = self.model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
-        return hidden * mask[..., None].to(hidden.dtype), mask
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            hidden = self.model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+            return hidden * mask[..., None].to(hidden.dtype), mask
 
 
 @contextlib.contextmanager

@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
+from markup2im.errors import ConfigError
+
 LETTERS = list("abcdefghkmnpqrstuvwxyz") + list("ABCDFGHKLMNPRSTUVXYZ")
 GREEK = [
     r"\alpha", r"\beta", r"\gamma", r"\delta", r"\epsilon", r"\varepsilon", r"\zeta", r"\eta",
@@ -132,15 +134,58 @@ class _Formula:
             return f"{body} {relation} {self.expr(self.rng.choice([1, 2]), 2)}"
         return body
 
+    # -- the "simple" level: short one-line formulas for models trained in minutes on a CPU --
+    def simple_symbol(self) -> str:
+        r = self.rng.random()
+        if r < 0.5:
+            return self.rng.choice(SIMPLE_LETTERS)
+        if r < 0.85:
+            return str(self.rng.randint(0, 9))
+        return self.rng.choice(SIMPLE_GREEK)
 
+    def simple_atom(self) -> str:
+        r = self.rng.random()
+        base = self.simple_symbol()
+        if r < 0.55:
+            return base
+        if r < 0.75:
+            return f"{base} ^ {self.group(self.rng.choice(['2', '3', 'n']))}"
+        if r < 0.9:
+            return f"{base} _ {self.group(self.rng.choice(['0', '1', 'i', 'k']))}"
+        return rf"\frac {self.group(self.simple_symbol())} {self.group(self.simple_symbol())}"
+
+    def simple_formula(self) -> str:
+        terms = [self.simple_atom() for _ in range(self.rng.randint(1, 3))]
+        out = [terms[0]]
+        for term in terms[1:]:
+            out.extend([self.rng.choice(SIMPLE_BINARY), term])
+        if self.rng.random() < 0.6:
+            out.extend(["=", self.simple_atom()])
+        return " ".join(out)
+
+
+SIMPLE_LETTERS = list("abcnxyzAB")
+SIMPLE_GREEK = [r"\alpha", r"\beta", r"\pi"]
+SIMPLE_BINARY = ["+", "-"]
 MAX_TOKENS = 60  # longer formulas would mostly be shrunk to fit 320 x 64
+# "standard": the paper-like mix above (fractions, roots, operators with limits, matrices,
+# brackets); "simple": at most four terms of letters, digits, three Greek letters, one script or
+# a fraction of two symbols, joined by + and - and an optional "=", about 10 characters wide,
+# which a CPU model learns to draw in minutes.
+DIFFICULTIES: tuple[str, ...] = ("standard", "simple")
 
 
-def iter_markups(seed: int) -> Iterator[str]:
+def iter_markups(seed: int, difficulty: str = "standard") -> Iterator[str]:
     """An endless, seeded stream of formulas (possibly with repeats; the caller de-duplicates)."""
-    rng = random.Random(f"math-{seed}")
+    if difficulty not in DIFFICULTIES:
+        raise ConfigError(
+            f"unknown math difficulty {difficulty!r}; known: {', '.join(DIFFICULTIES)}"
+        )
+    # the standard stream keeps its original seeding, so existing datasets stay as they are
+    rng = random.Random(f"math-{seed}" if difficulty == "standard" else f"math-{difficulty}-{seed}")
     maker = _Formula(rng)
+    make = maker.formula if difficulty == "standard" else maker.simple_formula
     while True:
-        formula = maker.formula()
+        formula = make()
         if len(formula.split()) <= MAX_TOKENS:
             yield formula
