@@ -23,6 +23,7 @@ from markup2im.data.datasets import (
     download_dataset,
     features_for,
     load_dataset_dir,
+    load_split,
     read_dataset_info,
     save_dataset_dir,
     validate_dataset_dir,
@@ -298,3 +299,15 @@ def test_offline_download_fails_fast_and_says_what_to_do(tmp_path, env):
     assert "cannot download yuntian-deng/im2latex-100k" in proc.stderr
     assert "--local-path" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_simple_formulas_render_and_are_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "simple"
+    summary = build_dataset(
+        "math", out, synthetic=True, difficulty="simple", train=20, validation=2, test=4,
+        width=128, height=32, progress=False,
+    )  # fmt: skip
+    assert summary["source"] == "synthetic:math:simple"
+    assert len(load_split(out, "train")) == 20
+    with pytest.raises(ConfigError, match="needs --synthetic"):
+        build_dataset("math", tmp_path / "x", markup_file=tmp_path / "f.txt", difficulty="simple")

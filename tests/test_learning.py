@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 FORMULAS = 6
 WIDTH, HEIGHT = 64, 16
-STEPS = 360
+STEPS = 600
 
 
 @pytest.fixture(scope="module")

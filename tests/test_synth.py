@@ -105,3 +105,24 @@ def test_generated_music_renders_on_one_staff():
     items = render_markups("music", generate("music", 4, seed=1), progress=False)
     assert all(i.ok for i in items), [i.error for i in items]
     assert sum(i.shrunk for i in items) <= 1
+
+
+def test_simple_math_is_short_seeded_and_separate_from_standard():
+    simple = generate("math", 200, seed=0, difficulty="simple")
+    assert simple == generate("math", 200, seed=0, difficulty="simple")
+    assert len(set(simple)) == 200
+    assert generate("math", 40, seed=0) == generate("math", 40, seed=0, difficulty="standard")
+    assert not set(simple) & set(generate("math", 200, seed=0))
+    for formula in simple:
+        assert len(formula.split()) <= 30, formula
+        assert not re.search(r"\\(sum|int|sqrt|begin|left|lim)", formula), formula
+    assert any(r"\frac" in f for f in simple) and any("^" in f for f in simple)
+
+
+def test_unknown_difficulty_names_the_known_ones():
+    from markup2im.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="difficulty 'hard'.*standard, simple"):
+        generate("math", 3, difficulty="hard")
+    with pytest.raises(ConfigError, match="tables generator has no difficulty 'simple'"):
+        generate("tables", 3, difficulty="simple")
