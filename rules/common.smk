@@ -139,6 +139,16 @@ METHOD_LABELS: dict[str, str] = {
 }
 # The paired comparison (scheduled sampling - baseline per image) needs both methods.
 PAIRED: bool = {"baseline", "scheduled_sampling"} <= set(METHODS)
+# {dataset: {method: checkpoint}}: models imported from the authors' released checkpoints
+# (rule import_original) instead of trained.
+RELEASED: dict[str, dict[str, str]] = {
+    d: {
+        m: entry["checkpoint"]
+        for m, entry in config["datasets"][d].get("released", {}).items()
+    }
+    for d in DATASETS
+}
+RELEASED_DATASETS: list[str] = [d for d in DATASETS if RELEASED[d]]
 
 
 def _alternatives(names: list[str]) -> str:
@@ -179,6 +189,43 @@ def resource(kind: str, key: str):
         return value
 
     return lookup
+
+
+def is_released(dataset: str, method: str) -> bool:
+    """Whether the model of ``method`` is imported from a released checkpoint."""
+    return method in RELEASED[dataset]
+
+
+def trained_methods(dataset: str) -> list[str]:
+    """The methods that are trained here for ``dataset`` (not imported)."""
+    return [m for m in METHODS if not is_released(dataset, m)]
+
+
+def model_dir(wildcards) -> str:
+    """The model directory of a run: trained here, or imported from a released checkpoint."""
+    stage = "released" if is_released(wildcards.dataset, wildcards.method) else "train"
+    return f"results/{wildcards.dataset}/{wildcards.method}/{stage}/model"
+
+
+def released_checkpoint(wildcards) -> str:
+    """The released checkpoint of the {dataset} and {method} wildcards."""
+    try:
+        return RELEASED[wildcards.dataset][wildcards.method]
+    except KeyError:
+        raise WorkflowError(
+            f"config: datasets.{wildcards.dataset}.released has no {wildcards.method!r} entry"
+        ) from None
+
+
+def method_label(dataset: str, method: str) -> str:
+    """How figures name a method: ``released baseline`` for an imported model."""
+    label = METHOD_LABELS[method]
+    return f"released {label}" if is_released(dataset, method) else label
+
+
+def run_name(dataset: str, method: str) -> str:
+    """How tables name a method: the method, ``released`` first for an imported model."""
+    return f"released {method}" if is_released(dataset, method) else method
 
 
 def train_gpus(wildcards) -> int:
@@ -269,9 +316,37 @@ def train_flags(wildcards) -> str:
             ss_max_m=ss["max_m"],
             ss_start=ss["start"],
             ss_end=ss["end"],
-            ss_min_t=ss["min_t"],
+            # 0 means no guard (a guard at 0 would still skip every batch holding t = 0)
+            ss_min_t=ss["min_t"] or None,
         )
     return cli_flags(flags)
+
+
+def import_flags(wildcards) -> str:
+    """Flags of `markup2im import-original`: the domain and the dataset's model settings."""
+    ds = dataset_config(wildcards)
+    model = ds["model"]
+    return cli_flags(
+        {
+            "domain": ds["domain"],
+            "encoder": model["encoder"],
+            "model_preset": model["preset"],
+            "max_markup_length": model["max_markup_length"],
+        }
+    )
+
+
+def evaluate_flags(wildcards) -> str:
+    """Optional flags of `markup2im evaluate` (the CLIP score when a model is configured)."""
+    settings = config["evaluate"]
+    if settings["clip_model"] is None:
+        return ""
+    return cli_flags(
+        {
+            "clip_model": settings["clip_model"],
+            "clip_batch_size": settings["clip_batch_size"],
+        }
+    )
 
 
 def accelerate_flags(wildcards, resources) -> str:
@@ -416,7 +491,8 @@ def compare_gold(wildcards, input) -> str:
 def compare_frames(wildcards, input) -> str:
     """``--frames LABEL=DIR`` for each method's denoising frames of the {example}."""
     pairs = [
-        f"{METHOD_LABELS[m]}={input[m]}/frames/{wildcards.example}" for m in METHODS
+        f"{method_label(wildcards.dataset, m)}={input[m]}/frames/{wildcards.example}"
+        for m in METHODS
     ]
     return " ".join(f"--frames {shlex.quote(pair)}" for pair in pairs)
 
@@ -440,7 +516,7 @@ def summary_inputs(wildcards) -> list[str]:
 
 def summary_labels(wildcards) -> list[str]:
     """``dataset/method (sampler)``: the table's dataset and method columns."""
-    return [f"{d}/{m} ({s})" for d, m, s in runs()]
+    return [f"{d}/{run_name(d, m)} ({s})" for d, m, s in runs()]
 
 
 def sampler_metrics(wildcards) -> list[str]:
@@ -461,16 +537,44 @@ def paired_tables(wildcards) -> list[str]:
 
 
 def paired_labels(wildcards) -> list[str]:
-    """``dataset/sampler``: the paired table's dataset and sampler columns."""
-    return [f"{d}/{s}" for d, s in paired_runs()]
+    """``dataset/sampler``: the paired table's dataset and sampler columns (``released`` noted
+    for imported models)."""
+    return [f"{d}/{s}{released_note(d)}" for d, s in paired_runs()]
+
+
+def released_note(dataset: str) -> str:
+    """`` (released models)`` when the compared models of ``dataset`` are imported ones."""
+    imported = [
+        m for m in ("baseline", "scheduled_sampling") if is_released(dataset, m)
+    ]
+    if not imported:
+        return ""
+    return " (released models)" if len(imported) == 2 else f" (released {imported[0]})"
+
+
+def paired_title(wildcards) -> str:
+    """Shell-quoted title of a paired comparison page."""
+    d, s = wildcards.dataset, wildcards.sampler
+    treatment = method_label(d, "scheduled_sampling")
+    return shlex.quote(f"{d}, {s}: {treatment} - {method_label(d, 'baseline')}")
 
 
 def train_logs(wildcards) -> list[str]:
-    return [f"results/{wildcards.dataset}/{m}/train_log.csv" for m in METHODS]
+    """Training logs of the methods trained here (imported models have none)."""
+    return [
+        f"results/{wildcards.dataset}/{m}/train_log.csv"
+        for m in trained_methods(wildcards.dataset)
+    ]
 
 
 def method_names(wildcards) -> list[str]:
-    return [METHOD_LABELS[m] for m in METHODS]
+    return [method_label(wildcards.dataset, m) for m in METHODS]
+
+
+def trained_method_names(wildcards) -> list[str]:
+    return [
+        method_label(wildcards.dataset, m) for m in trained_methods(wildcards.dataset)
+    ]
 
 
 def method_dirs(wildcards) -> list[str]:
@@ -484,7 +588,8 @@ def final_targets(wildcards) -> list[str]:
     """Tables and figures of every dataset; known before any job runs."""
     targets = ["results/summary/metrics_table.csv"]
     for d in DATASETS:
-        targets.append(f"results/{d}/figures/loss_curves.png")
+        if trained_methods(d):
+            targets.append(f"results/{d}/figures/loss_curves.png")
         for s in samplers_of(d):
             targets.append(f"results/{d}/figures/{s}/metric_distributions.png")
             targets.append(f"results/{d}/figures/{s}/samples_grid.png")

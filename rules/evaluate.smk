@@ -1,4 +1,5 @@
-"""Evaluation: per-image metrics (dtw, dtw_shift, ssim, mse) and a per-run summary."""
+"""Evaluation: per-image metrics (dtw, dtw_shift, ssim, mse; clip when `evaluate.clip_model` is
+set) and a per-run summary."""
 
 
 rule evaluate:
@@ -17,6 +18,9 @@ rule evaluate:
     resources:
         mem_mb=resource("evaluate", "mem_mb"),
         runtime=resource("evaluate", "runtime"),
+    params:
+        flags=evaluate_flags,
     shell:
         "markup2im evaluate --pred-dir {input.samples}/images --gold-dir {input.samples}/gold"
-        " --output {output.table} --summary {output.summary} --workers {threads} > {log} 2>&1"
+        " --output {output.table} --summary {output.summary} --workers {threads}"
+        " {params.flags} > {log} 2>&1"

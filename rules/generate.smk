@@ -8,7 +8,7 @@ interrupted job never leaves a samples directory that looks finished.
 
 rule generate:
     input:
-        model=rules.train.output.model,
+        model=model_dir,
         data="results/{dataset}/data/dataset",
         examples=rules.select_examples.output.examples,
     output:

@@ -133,7 +133,7 @@ rule paired:
         mem_mb=resource("figures", "mem_mb"),
         runtime=resource("figures", "runtime"),
     params:
-        title=page_title("{dataset}, {sampler}: scheduled sampling - baseline"),
+        title=paired_title,
         resamples=10000,
         seed=0,
         confidence=0.95,
@@ -222,7 +222,7 @@ rule loss_curves:
         mem_mb=resource("figures", "mem_mb"),
         runtime=resource("figures", "runtime"),
     params:
-        logs=labelled("--train-log", method_names),
+        logs=labelled("--train-log", trained_method_names),
     shell:
         "markup2im figures loss-curves {params.logs} --output {output} > {log} 2>&1"
 

@@ -1,4 +1,5 @@
-"""Training: one accelerate job per dataset and method (baseline, scheduled_sampling).
+"""Models: one accelerate training job per dataset and method (baseline, scheduled_sampling),
+or, for the methods of a dataset's `released` entry, the import of the authors' released checkpoint.
 
 The run directory (results/{dataset}/{method}/train) also holds checkpoints/ and the command's own
 train_log.csv. They are not outputs, so a failed or preempted job keeps them and its rerun resumes
@@ -35,3 +36,26 @@ rule train:
         " && cp {params.rundir}/train_log.csv {output.train_log}.tmp"
         " && mv {output.train_log}.tmp {output.train_log}"
         " && rm -rf {params.rundir}/checkpoints"
+
+
+rule import_original:
+    input:
+        checkpoint=released_checkpoint,
+    output:
+        model=directory("results/{dataset}/{method}/released/model"),
+    log:
+        "logs/import_original/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/import_original/{dataset}/{method}.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(RELEASED_DATASETS),
+    conda:
+        "../envs/markup2im.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        flags=import_flags,
+    shell:
+        "markup2im import-original --checkpoint {input.checkpoint} {params.flags}"
+        " --output-dir {output.model} > {log} 2>&1"

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 MICRO = REPO / "config" / "micro.yaml"
 PAPER = REPO / "config" / "paper.yaml"
+RELEASED = REPO / "config" / "released.yaml"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 QUICK_TIMEOUT = 120  # dry runs, lint
@@ -223,7 +224,9 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
     ):
         assert all(flags in c for c in train), (flags, train)
     ss = next(c for c in train if "--method scheduled_sampling" in c)
-    assert "--ss-max-m 1 --ss-start 0.0 --ss-end 0.8 --ss-min-t 0" in ss
+    assert "--ss-max-m 1 --ss-start 0.0 --ss-end 0.8" in ss
+    assert "--ss-min-t" not in ss  # min_t 0 means no guard, not a guard at t = 0
+    assert all("--prediction-type epsilon" in c and "--train-encoder" not in c for c in train)
     assert "--ss-" not in next(c for c in train if "--method baseline" in c)
 
 
@@ -307,6 +310,82 @@ def test_paper_config_plans_hub_datasets_on_gpus(tmp_path: Path) -> None:
     # the gpu resource that Slurm turns into --gpus, per training job
     gpus = re.findall(r"rule train:.*?resources: [^\n]*?gpu=(\d+)", text, re.S)
     assert sorted(gpus) == ["1"] * 6 + ["4"] * 2
+
+
+def released_checkpoints(workdir: Path, config: dict) -> list[Path]:
+    """Empty stand-ins for the released checkpoints that ``config`` names (a dry run only needs
+    them to exist)."""
+    paths = []
+    for ds in config["datasets"].values():
+        for entry in ds.get("released", {}).values():
+            path = workdir / entry["checkpoint"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+            paths.append(path)
+    return paths
+
+
+def test_released_config_imports_generates_and_evaluates_without_training(tmp_path: Path) -> None:
+    config = yaml.safe_load(RELEASED.read_text())
+    assert len(released_checkpoints(tmp_path, config)) == 8
+    proc = snakemake(tmp_path, "--configfile", RELEASED, "-n", "-p")
+    text = output_of(proc)
+    assert proc.returncode == 0, text
+    counts = job_counts(text)
+    assert counts["import_original"] == 8  # 4 datasets x 2 methods
+    assert counts["generate"] == counts["evaluate"] == 16  # x 2 samplers
+    assert counts["paired"] == 8 and counts["paired_table"] == counts["metrics_table"] == 1
+    assert "train" not in counts and "loss_curves" not in counts
+    commands = shell_commands(text)
+    imports = [c for c in commands if "markup2im import-original" in c]
+    math_ss = next(c for c in imports if "results/math/scheduled_sampling/" in c)
+    assert (
+        "--checkpoint released/math/scheduled_sampling/model_e100_lr0.0001.pt.100 --domain math"
+        " --encoder EleutherAI/gpt-neo-125M --model-preset paper"
+        " --output-dir results/math/scheduled_sampling/released/model"
+    ) in math_ss
+    molecules = [c for c in imports if "--domain molecules" in c]
+    assert len(molecules) == 2
+    assert all("--encoder DeepChem/ChemBERTa-77M-MLM" in c for c in molecules)
+    generate = [c for c in commands if "markup2im generate" in c]
+    assert all("/released/model " in c for c in generate)
+    assert sum("--sampler ddpm --num-inference-steps 1000" in c for c in generate) == 8
+    evaluate = [c for c in commands if "markup2im evaluate" in c]
+    assert all(
+        "--clip-model openai/clip-vit-base-patch32 --clip-batch-size 64" in c for c in evaluate
+    )
+    (table,) = [c for c in commands if "figures metrics-table" in c]
+    assert "'math/released baseline (ddpm1000)=" in table
+    assert "'math/released scheduled_sampling (ddpm1000)=" in table
+    paired = [c for c in commands if "markup2im figures paired " in c]
+    assert any(
+        "--baseline results/music/baseline/dpmsolver50/metrics.csv" in c
+        and "released scheduled sampling - released baseline" in c
+        for c in paired
+    ), paired
+
+    # one method trained here, the other imported; no CLIP score unless configured
+    mixed = yaml.safe_load(RELEASED.read_text())
+    mixed["datasets"] = {"math": mixed["datasets"]["math"]}
+    del mixed["datasets"]["math"]["released"]["scheduled_sampling"]
+    mixed["evaluate"] = {"clip_model": None}
+    proc = snakemake(
+        tmp_path, "--configfile", write_config(tmp_path / "mixed.yaml", mixed), "-n", "-p"
+    )
+    text = output_of(proc)
+    assert proc.returncode == 0, text
+    counts = job_counts(text)
+    assert counts["import_original"] == counts["train"] == counts["loss_curves"] == 1
+    commands = shell_commands(text)
+    assert not any("--clip-model" in c for c in commands)
+    (curves,) = [c for c in commands if "figures loss-curves" in c]
+    assert "results/math/scheduled_sampling/train_log.csv" in curves and "baseline" not in curves
+
+    # a checkpoint that is not there stops the run before any job, naming the file
+    (tmp_path / config["datasets"]["tables"]["released"]["baseline"]["checkpoint"]).unlink()
+    proc = snakemake(tmp_path, "--configfile", RELEASED, "-n")
+    assert proc.returncode != 0
+    assert "released/tables/baseline/model_e100_lr0.0001.pt.100" in output_of(proc)
 
 
 # ---- real runs of the micro configuration ------------------------------------------------------

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 METRICS: tuple[str, ...] = ("dtw", "dtw_shift", "ssim", "mse")
 #: Direction of each metric: True when higher is better.
 HIGHER_IS_BETTER: dict[str, bool] = {"dtw": False, "dtw_shift": False, "ssim": True, "mse": False}
+#: Optional column of ``evaluate_dirs`` (``clip_model``): CLIP cosine similarity, higher is better.
+CLIP = "clip"
 INK_THRESHOLD = 150  # gray < 150 is ink
 SSIM_WINDOW = 11
 SSIM_K1 = 0.01
@@ -537,6 +539,9 @@ def evaluate_dirs(
     output_csv: str | os.PathLike[str],
     summary_json: str | os.PathLike[str] | None = None,
     workers: int | None = None,
+    clip_model: str | None = None,
+    clip_batch_size: int = 32,
+    device: str | None = "auto",
 ) -> dict[str, Any]:
     """Evaluate every prediction against the gold image of the same file name.
 
@@ -547,6 +552,10 @@ def evaluate_dirs(
     per metric for a blank page (:func:`blank_page`) against the same gold images, and
     ``dtw_ratio_to_blank``: mean dtw / mean blank dtw (below 1: closer to the gold than a blank
     page; None when every gold image is blank). Returns the summary.
+    With ``clip_model`` (a CLIP hub name or local directory) the CSV gets a ``clip`` column, the
+    CLIP cosine similarity of each pair (:mod:`markup2im.clip_score`, ``clip_batch_size`` images
+    at a time on ``device``), and the summary a ``clip`` entry (also under ``blank``) and
+    ``clip_model``; without it nothing of CLIP is loaded.
     Unreadable images or pairs of different sizes raise one DataError naming all of them.
     """
     preds = list_images(pred_dir)
@@ -599,12 +608,28 @@ def evaluate_dirs(
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise DataError(f"{len(errors)} image pair(s) could not be evaluated:\n  {shown}{more}")
 
+    columns: tuple[str, ...] = METRICS
+    if clip_model is not None:
+        # after the worker processes are gone: they are forked, and must not inherit torch state
+        from markup2im.clip_score import clip_similarities
+
+        scores, blank_scores = clip_similarities(
+            [(preds[n], golds[n]) for n in names],
+            clip_model,
+            batch_size=clip_batch_size,
+            device=device,
+        )
+        for n, score, blank in zip(names, scores, blank_scores, strict=True):
+            results[n][0][CLIP] = float(score)
+            results[n][1][CLIP] = float(blank)
+        columns = (*METRICS, CLIP)
+
     with atomic_path(output_csv) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["filename", *METRICS])
+            writer.writerow(["filename", *columns])
             for name in names:
-                writer.writerow([name, *(repr(results[name][0][m]) for m in METRICS)])
+                writer.writerow([name, *(repr(results[name][0][m]) for m in columns)])
 
     summary: dict[str, Any] = {
         "count": len(names),
@@ -615,17 +640,19 @@ def evaluate_dirs(
         "missing_gold": missing_gold,
         "missing_gold_count": len(missing_gold),
     }
-    for metric in METRICS:
+    for metric in columns:
         summary[metric] = summarize([results[n][0][metric] for n in names])
-    summary["blank"] = {m: summarize([results[n][1][m] for n in names]) for m in METRICS}
+    summary["blank"] = {m: summarize([results[n][1][m] for n in names]) for m in columns}
     summary["dtw_ratio_to_blank"] = ratio_to_blank(summary, "dtw")
+    if clip_model is not None:
+        summary["clip_model"] = clip_model
     if summary_json is not None:
         write_json(summary_json, summary)
     log.info(
         "%d pairs: %s; blank page: %s",
         len(names),
-        ", ".join(f"{m} {summary[m]['mean']:.4g} ± {summary[m]['std']:.3g}" for m in METRICS),
-        ", ".join(f"{m} {summary['blank'][m]['mean']:.4g}" for m in METRICS),
+        ", ".join(f"{m} {summary[m]['mean']:.4g} ± {summary[m]['std']:.3g}" for m in columns),
+        ", ".join(f"{m} {summary['blank'][m]['mean']:.4g}" for m in columns),
     )
     return summary
 

@@ -28,13 +28,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from markup2im.atomic import atomic_path, write_text
 from markup2im.errors import ConfigError, DataError
-from markup2im.metrics import HIGHER_IS_BETTER, METRICS, list_images
+from markup2im.metrics import CLIP, HIGHER_IS_BETTER, METRICS, list_images
 
 log = logging.getLogger(__name__)
 
 _NAMES = {"dtw": "DTW", "dtw_shift": "DTW (shift)", "ssim": "SSIM", "mse": "MSE"}
 _ARROW = {True: "\u2191", False: "\u2193"}  # higher / lower is better
 METRIC_TITLES = {m: f"{_NAMES.get(m, m)} {_ARROW[HIGHER_IS_BETTER[m]]}" for m in METRICS}
+CLIP_TITLE = f"CLIP {_ARROW[True]}"
 TARGET_SIDE = 192  # small images are enlarged until their longer side reaches at least this
 PAD = 4
 LABEL_SIZE = 14  # pixels
@@ -328,6 +329,10 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     return summary
 
 
+def _metric_title(metric: str) -> str:
+    return CLIP_TITLE if metric == CLIP else METRIC_TITLES[metric]
+
+
 def metrics_table(
     summaries: Labelled,
     output_csv: str | os.PathLike[str],
@@ -340,14 +345,18 @@ def metrics_table(
     per metric, one ``blank_<metric>`` column per metric (the blank page's ``mean ± std``),
     ``dtw_ratio_to_blank`` (below 1: the model's pages are closer to the gold than a blank one),
     then ``<metric>_mean``, ``<metric>_std``, ``<metric>_median`` and ``blank_<metric>_mean``,
-    ``blank_<metric>_std``. Blank cells are empty for summaries without a blank reference. The
+    ``blank_<metric>_std``; the metrics are dtw, dtw_shift, ssim, mse, and clip when any summary
+    has it (empty cells for those that do not). Blank cells are empty for summaries without a
+    blank reference. The
     optional HTML file is a self-contained page with the formatted table. Returns the rows.
     """
     if not summaries:
         raise DataError("metrics_table: no summaries given")
+    loaded = [(label, read_summary(path)) for label, path in summaries]
+    # CLIP similarity is optional (evaluate --clip-model): a column when any run has it
+    metrics = (*METRICS, CLIP) if any(CLIP in s for _label, s in loaded) else METRICS
     rows = []
-    for label, path in summaries:
-        summary = read_summary(path)
+    for label, summary in loaded:
         dataset, method = split_label(label)
         row: dict[str, Any] = {
             "dataset": dataset,
@@ -357,16 +366,17 @@ def metrics_table(
             "missing_gold": summary.get("missing_gold_count", 0),
         }
         blank = summary.get("blank", {})
-        for metric in METRICS:
-            row[metric] = format_mean_std(summary[metric]["mean"], summary[metric]["std"])
-        for metric in METRICS:
+        for metric in metrics:
+            entry = summary.get(metric, {})
+            row[metric] = format_mean_std(entry.get("mean"), entry.get("std"))
+        for metric in metrics:
             entry = blank.get(metric, {})
             row[f"blank_{metric}"] = format_mean_std(entry.get("mean"), entry.get("std"))
         row["dtw_ratio_to_blank"] = summary.get("dtw_ratio_to_blank")
-        for metric in METRICS:
+        for metric in metrics:
             for stat in ("mean", "std", "median"):
-                row[f"{metric}_{stat}"] = summary[metric].get(stat)
-        for metric in METRICS:
+                row[f"{metric}_{stat}"] = summary.get(metric, {}).get(stat)
+        for metric in metrics:
             for stat in ("mean", "std"):
                 row[f"blank_{metric}_{stat}"] = blank.get(metric, {}).get(stat)
         rows.append(row)
@@ -378,13 +388,13 @@ def metrics_table(
             for row in rows:
                 writer.writerow({k: "" if v is None else v for k, v in row.items()})
     if output_html is not None:
-        shown = ["dataset", "method", "count", *METRICS, *(f"blank_{m}" for m in METRICS)]
+        shown = ["dataset", "method", "count", *metrics, *(f"blank_{m}" for m in metrics)]
         titles = [
             "dataset",
             "method",
             "n",
-            *(METRIC_TITLES[m] for m in METRICS),
-            *(f"blank page: {METRIC_TITLES[m]}" for m in METRICS),
+            *(_metric_title(m) for m in metrics),
+            *(f"blank page: {_metric_title(m)}" for m in metrics),
             "DTW / blank \u2193",
         ]
         ratios = [row["dtw_ratio_to_blank"] for row in rows]

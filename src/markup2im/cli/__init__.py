@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "build-dataset": "build_dataset",
     "download": "download",
     "train": "train",
+    "import-original": "import_original",
     "generate": "generate",
     "evaluate": "evaluate",
     "gif": "gif",

@@ -135,43 +135,33 @@ class _Formula:
         return body
 
     # -- the "simple" level: short one-line formulas for models trained in minutes on a CPU --
-    def simple_symbol(self) -> str:
-        r = self.rng.random()
-        if r < 0.5:
-            return self.rng.choice(SIMPLE_LETTERS)
-        if r < 0.85:
-            return str(self.rng.randint(0, 9))
-        return self.rng.choice(SIMPLE_GREEK)
-
     def simple_atom(self) -> str:
+        base = self.rng.choice(SIMPLE_SYMBOLS)
         r = self.rng.random()
-        base = self.simple_symbol()
-        if r < 0.55:
+        if r < 0.6:
             return base
-        if r < 0.75:
-            return f"{base} ^ {self.group(self.rng.choice(['2', '3', 'n']))}"
-        if r < 0.9:
-            return f"{base} _ {self.group(self.rng.choice(['0', '1', 'i', 'k']))}"
-        return rf"\frac {self.group(self.simple_symbol())} {self.group(self.simple_symbol())}"
+        if r < 0.85:
+            return f"{base}^{self.rng.choice('23n')}"
+        return f"{base}_{self.rng.choice('01k')}"
 
     def simple_formula(self) -> str:
         terms = [self.simple_atom() for _ in range(self.rng.randint(1, 3))]
-        out = [terms[0]]
+        out = terms[0]
         for term in terms[1:]:
-            out.extend([self.rng.choice(SIMPLE_BINARY), term])
+            out += self.rng.choice(SIMPLE_BINARY) + term
         if self.rng.random() < 0.6:
-            out.extend(["=", self.simple_atom()])
-        return " ".join(out)
+            out += "=" + self.simple_atom()
+        return out
 
 
-SIMPLE_LETTERS = list("abcnxyzAB")
-SIMPLE_GREEK = [r"\alpha", r"\beta", r"\pi"]
+SIMPLE_SYMBOLS = list("0123456789abcnxyz")
 SIMPLE_BINARY = ["+", "-"]
 MAX_TOKENS = 60  # longer formulas would mostly be shrunk to fit 320 x 64
 # "standard": the paper-like mix above (fractions, roots, operators with limits, matrices,
-# brackets); "simple": at most four terms of letters, digits, three Greek letters, one script or
-# a fraction of two symbols, joined by + and - and an optional "=", about 10 characters wide,
-# which a CPU model learns to draw in minutes.
+# brackets), space-separated like im2latex-100k; "simple": up to three terms of a digit or
+# letter with an optional one-character super- or subscript, joined by + and -, and an optional
+# "= term", written compactly ("x^2+3-y_1=n", LaTeX needs no spaces or braces there), so that
+# almost every character of the markup is one glyph: a CPU model learns to draw these in minutes.
 DIFFICULTIES: tuple[str, ...] = ("standard", "simple")
 
 
