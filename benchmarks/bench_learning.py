@@ -4,7 +4,8 @@ Trains the baseline and the scheduled-sampling model of one dataset of a workflo
 embedded default unless told otherwise) for a number of minutes or steps, saves a snapshot of
 each every --every steps, and scores each snapshot on the test split and on formulas from another
 generator seed that no model saw. A ratio below 1 means closer to the gold images than a blank
-page (lower is better). Each method trains with --threads CPU threads, one after the other.
+page (lower is better). The two methods train side by side in two processes of --threads CPU
+threads each (as the workflow runs them), and the snapshots are scored the same way.
 
     python benchmarks/bench_learning.py --minutes 6 --every 200
     python benchmarks/bench_learning.py --steps 400 --every 100 --config config.yaml --dataset math
@@ -16,7 +17,10 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -74,8 +78,8 @@ def build(entry: dict, root: Path, seed: int | None = None, test: int | None = N
 
 def train_config(entry: dict, ss: dict, method: str, data: Path, out: Path, steps: int, every: int):
     model, settings = entry.get("model", {}), dict(entry.get("train", {}))
-    settings.pop("max_steps", None)
-    settings.pop("epochs", None)
+    for key in ("max_steps", "epochs", "checkpoint_every", "checkpoints_total_limit"):
+        settings.pop(key, None)
     extra = {}
     if method == "scheduled_sampling":
         extra = dict(ss_max_m=ss.get("max_m", 1), ss_start=tuple(ss.get("start", [0.0])),
@@ -92,6 +96,7 @@ def train_config(entry: dict, ss: dict, method: str, data: Path, out: Path, step
 def steps_for(minutes: float, entry: dict, ss: dict, data: Path, root: Path) -> int:
     """Steps that fit ``minutes``, from the timed rate of a short scheduled-sampling run."""
     probe = root / "probe"
+    shutil.rmtree(probe, ignore_errors=True)
     config = train_config(entry, ss, "scheduled_sampling", data, probe, 30, 30)
     started = time.perf_counter()
     train(config)
@@ -104,6 +109,27 @@ def score(model_dir: Path, data: Path, out: Path, sampler: dict, seed: int) -> f
              num_inference_steps=sampler.get("steps"), seed=seed, device="cpu")  # fmt: skip
     summary = evaluate_dirs(out / "images", out / "gold", out / "metrics.csv", workers=1)
     return summary["dtw_ratio_to_blank"]
+
+
+def run_method(job: tuple) -> list[dict]:
+    """Train one method with snapshots and score every snapshot (runs in its own process)."""
+    method, entry, ss, data, unseen, run, steps, every, sampler, threads = job
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+    started = time.perf_counter()
+    train(train_config(entry, ss, method, data, run, steps, every))
+    seconds = time.perf_counter() - started
+    points = []
+    for snapshot in sorted((run / "snapshots").iterdir(), key=lambda p: int(p.name[5:])):
+        step = int(snapshot.name[5:])
+        scored = run / "scored" / snapshot.name
+        points.append({
+            "step": step,
+            "minutes": seconds / 60 * step / steps,
+            "test": score(snapshot, data, scored / "test", sampler, 0),
+            "unseen": score(snapshot, unseen, scored / "unseen", sampler, 0),
+        })  # fmt: skip
+    return points
 
 
 def main() -> None:
@@ -121,23 +147,14 @@ def main() -> None:
     if not steps:
         raise SystemExit("give --steps or --minutes (the config sets no max_steps)")
     every = min(args.every, steps)
-    curves: dict[str, list[dict]] = {}
-    for method in METHODS:
-        run = root / "runs" / method
-        started = time.perf_counter()
-        train(train_config(entry, ss, method, data, run, steps, every))
-        seconds = time.perf_counter() - started
-        points = []
-        for snapshot in sorted((run / "snapshots").iterdir(), key=lambda p: int(p.name[5:])):
-            step = int(snapshot.name[5:])
-            points.append({
-                "step": step,
-                "minutes": seconds / 60 * step / steps,
-                "test": score(snapshot, data, run / "scored" / snapshot.name / "test", sampler, 0),
-                "unseen": score(snapshot, unseen, run / "scored" / snapshot.name / "unseen",
-                                sampler, 0),
-            })  # fmt: skip
-        curves[method] = points
+    jobs = [
+        (m, entry, ss, data, unseen, root / "runs" / m, steps, every, sampler, args.threads)
+        for m in METHODS
+    ]
+    for job in jobs:
+        shutil.rmtree(job[5], ignore_errors=True)
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=get_context("spawn")) as pool:
+        curves = dict(zip(METHODS, pool.map(run_method, jobs), strict=True))
     print(f"DTW ratio to a blank page (lower is better; {sampler['sampler']} "
           f"{sampler.get('steps')} steps), {steps} steps per method")  # fmt: skip
     print(f"{'step':>6} {'minutes':>8} {'base test':>10} {'ss test':>8} {'base unseen':>12} "

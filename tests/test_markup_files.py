@@ -94,3 +94,12 @@ def test_unusable_files_raise_data_errors(tmp_path, name, content, message):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(DataError, match="markup file not found"):
         read_markup_file(tmp_path / "nowhere.txt")
+
+
+def test_a_directory_is_called_a_directory(tmp_path):
+    """It used to be reported as "not found" (or, without a suffix, as an unsupported type)."""
+    for name in ("formulas.txt", "formulas"):
+        folder = tmp_path / name
+        folder.mkdir()
+        with pytest.raises(DataError, match=f"{folder}: is a directory, not a markup file"):
+            read_markup_file(folder)

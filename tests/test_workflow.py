@@ -2,7 +2,10 @@
 runs of config/micro.yaml (partial reruns, reproducibility, the report in headless Chromium).
 
 Every workflow run happens in a temporary directory (``--directory``), never in the repository's
-results/. The complete micro run is a session fixture shared by the rerun and report tests.
+results/. The complete micro run is a session fixture that tests only read; a test that changes
+a run works on its own copy (``micro_copy``), so no test depends on another's order or effects.
+Waits are for events (a logged training step, a message in a log), never fixed sleeps; the
+timeouts only stop a run that hangs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -34,8 +38,9 @@ PAPER = REPO / "config" / "paper.yaml"
 RELEASED = REPO / "config" / "released.yaml"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-QUICK_TIMEOUT = 120  # dry runs, lint
-RUN_TIMEOUT = 900  # a full micro run (about 2-3 minutes on 2 cores)
+# Only against hangs: generous, because the 2 cores may be shared with other work.
+QUICK_TIMEOUT = 600  # dry runs, lint (seconds alone)
+RUN_TIMEOUT = 1800  # a full micro run (about 2-3 minutes on 2 idle cores)
 
 
 def offline_env() -> dict[str, str]:
@@ -46,11 +51,8 @@ def offline_env() -> dict[str, str]:
     return env
 
 
-def snakemake(
-    workdir: Path, *args: str | Path, timeout: float = QUICK_TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    """Run the repository's workflow with ``workdir`` as working directory."""
-    cmd = [
+def snakemake_command(workdir: Path, *args: str | Path) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -62,6 +64,13 @@ def snakemake(
         "2",
         *map(str, args),
     ]
+
+
+def snakemake(
+    workdir: Path, *args: str | Path, timeout: float = QUICK_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run the repository's workflow with ``workdir`` as working directory."""
+    cmd = snakemake_command(workdir, *args)
     workdir.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         cmd,
@@ -400,13 +409,43 @@ def micro_outputs(workdir: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One complete run of config/micro.yaml, shared by the rerun and report tests."""
+    """One complete run of config/micro.yaml, shared by the tests that only read it."""
     workdir = tmp_path_factory.mktemp("micro_run")
     start = time.monotonic()
     proc = snakemake(workdir, "--configfile", MICRO, timeout=RUN_TIMEOUT)
     assert_ok(proc, workdir)
     print(f"micro workflow: {time.monotonic() - start:.0f} s")
     yield workdir
+
+
+@pytest.fixture
+def micro_copy(micro_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the complete micro run, for a test that changes it: outputs, logs and
+    Snakemake's metadata, with their modification times (which Snakemake compares)."""
+    copy = tmp_path / "micro_run"
+    shutil.copytree(micro_run, copy, symlinks=True)
+    return copy
+
+
+def wait_until(
+    condition, what: str, proc: subprocess.Popen | None = None, timeout: float = RUN_TIMEOUT
+) -> None:
+    """Poll ``condition`` until it holds; fail when ``proc`` ends first or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the run ended (status {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def logged_steps(train_log: Path) -> int:
+    """Training steps in a run directory's train_log.csv so far (0 when there is none)."""
+    try:
+        return max(0, len(train_log.read_text(encoding="utf-8").splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
 
 
 @pytest.mark.slow
@@ -526,15 +565,15 @@ def test_micro_run_metrics_are_in_range_with_blank_and_paired(micro_run: Path) -
 
 
 @pytest.mark.slow
-def test_forcerun_evaluate_reruns_evaluation_onward_only(micro_run: Path) -> None:
-    run = micro_run / "results" / "micro" / "baseline"
+def test_forcerun_evaluate_reruns_evaluation_onward_only(micro_copy: Path) -> None:
+    run = micro_copy / "results" / "micro" / "baseline"
     untouched = [run / "train" / "model", run / "ddim4" / "samples", run / "train_log.csv"]
     before = {p: p.stat().st_mtime_ns for p in untouched}
     metrics_before = (run / "ddim4" / "metrics.csv").stat().st_mtime_ns
     proc = snakemake(
-        micro_run, "--configfile", MICRO, "--forcerun", "evaluate", timeout=RUN_TIMEOUT
+        micro_copy, "--configfile", MICRO, "--forcerun", "evaluate", timeout=RUN_TIMEOUT
     )
-    assert_ok(proc, micro_run)
+    assert_ok(proc, micro_copy)
     assert job_counts(output_of(proc)) == {
         "evaluate": 2,
         "metric_plots": 1,
@@ -569,16 +608,78 @@ def test_changed_generation_setting_reruns_generation_onward_only(micro_run: Pat
 
 
 @pytest.mark.slow
-def test_deleting_one_gif_rebuilds_only_that_gif(micro_run: Path) -> None:
-    gif = next((micro_run / "results" / "micro" / "baseline" / "ddim4" / "gifs").glob("*.gif"))
-    others = [p for p in (micro_run / "results").rglob("*.gif") if p != gif]
+def test_deleting_one_gif_rebuilds_only_that_gif(micro_copy: Path) -> None:
+    gif = next((micro_copy / "results" / "micro" / "baseline" / "ddim4" / "gifs").glob("*.gif"))
+    others = [p for p in (micro_copy / "results").rglob("*.gif") if p != gif]
     before = {p: p.stat().st_mtime_ns for p in others}
     gif.unlink()
-    proc = snakemake(micro_run, "--configfile", MICRO, timeout=RUN_TIMEOUT)
-    assert_ok(proc, micro_run)
+    proc = snakemake(micro_copy, "--configfile", MICRO, timeout=RUN_TIMEOUT)
+    assert_ok(proc, micro_copy)
     assert job_counts(output_of(proc)) == {"gif_denoise": 1, "all": 1}
     assert Image.open(gif).n_frames > 1
     assert {p: p.stat().st_mtime_ns for p in others} == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_forced_training_then_a_plain_rerun_rebuilds_the_models(
+    micro_copy: Path,
+) -> None:
+    """Ctrl-C during `--forcerun train`: the trainers checkpoint, Snakemake removes the
+    unfinished models, and a plain rerun resumes training and rebuilds them (it used to say
+    "Nothing to be done", since every final target still existed)."""
+    config = yaml.safe_load(MICRO.read_text())
+    config["datasets"]["micro"]["train"]["max_steps"] = 200  # still training when interrupted
+    configfile = write_config(micro_copy / "longer.yaml", config)
+    methods = ("baseline", "scheduled_sampling")
+    rundirs = {m: micro_copy / "results" / "micro" / m / "train" for m in methods}
+    logs = {m: micro_copy / "logs" / "train" / "micro" / f"{m}.log" for m in methods}
+    with (micro_copy / "interrupted.out").open("w", encoding="utf-8") as output:
+        proc = subprocess.Popen(
+            snakemake_command(micro_copy, "--configfile", configfile, "--forcerun", "train"),
+            cwd=micro_copy,
+            env=offline_env(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own, like a terminal's job
+        )
+    try:
+        wait_until(
+            lambda: all(logged_steps(d / "train_log.csv") >= 1 for d in rundirs.values()),
+            "logged training step in both runs",
+            proc,
+        )
+        # Ctrl-C: SIGINT to every process of the group. The group is stopped first so that no
+        # job moves on between seeing the logged step and the signal.
+        os.killpg(proc.pid, signal.SIGSTOP)
+        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGCONT)
+        status = proc.wait(timeout=RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    interrupted = (micro_copy / "interrupted.out").read_text(encoding="utf-8")
+    assert status != 0, interrupted
+    for method in methods:
+        # the trainer outlives its accelerate launcher by the time it takes to checkpoint
+        wait_until(
+            lambda m=method: "interrupted by a signal (SIGINT)" in logs[m].read_text("utf-8"),
+            f"checkpoint on SIGINT in {logs[method]}",
+        )
+        assert list(rundirs[method].glob("checkpoints/checkpoint-*")), method
+        assert not (rundirs[method] / "model").exists()
+
+    proc = snakemake(micro_copy, "--configfile", configfile, timeout=RUN_TIMEOUT)
+    assert_ok(proc, micro_copy)
+    assert job_counts(output_of(proc)).get("train") == 2, output_of(proc)
+    for method in methods:
+        assert (rundirs[method] / "model" / "markup2im_model.json").is_file()
+        assert "resuming at step" in logs[method].read_text(encoding="utf-8")
+        steps = [
+            r["step"] for r in read_rows(micro_copy / "results/micro" / method / "train_log.csv")
+        ]
+        assert steps == [str(s) for s in range(1, 201)], method
+        assert not (rundirs[method] / "checkpoints").exists()  # removed once complete
 
 
 @pytest.mark.slow
@@ -636,9 +737,11 @@ def test_own_markup_file_becomes_a_dataset(tmp_path: Path) -> None:
     rows = (tmp_path / target).read_text().splitlines()
     assert len(rows) == 1 + 4
     # editing the markup file rebuilds the dataset and everything after it
-    time.sleep(1)
     with (tmp_path / "formulas.txt").open("a", encoding="utf-8") as handle:
         handle.write(r"\gamma^2" + "\n")
+    # newer than the dataset whatever the file system's time resolution (no sleep needed)
+    built = (tmp_path / "results" / "own" / "data" / "dataset").stat().st_mtime
+    os.utime(tmp_path / "formulas.txt", (built + 10, built + 10))
     proc = snakemake(tmp_path, target, "-n", "--configfile", configfile)
     counts = job_counts(output_of(proc))
     assert counts.get("build_dataset") == 1 and counts.get("train") == 1, output_of(proc)
@@ -795,7 +898,7 @@ class Chromium:
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_report_shows_metrics_table_and_gif(micro_run: Path, tmp_path: Path) -> None:
-    report = micro_run / "report.html"
+    report = tmp_path / "report.html"  # outside the shared run, which the tests only read
     proc = snakemake(micro_run, "--configfile", MICRO, "--report", report, timeout=RUN_TIMEOUT)
     assert proc.returncode == 0, output_of(proc)
     browser = Chromium(report.as_uri(), tmp_path / "chromium-profile")

@@ -32,4 +32,15 @@ class ModelError(Markup2ImError):
 
 
 class TrainingDivergedError(Markup2ImError):
-    """Training produced a non-finite loss."""
+    """Training produced a non-finite loss or weights."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        learning_rate: float | None = None,
+        suggested_learning_rate: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.learning_rate = learning_rate
+        self.suggested_learning_rate = suggested_learning_rate

@@ -7,7 +7,8 @@ Saved layout (``Markup2ImModel.save_pretrained(directory)``, written atomically)
                                    max markup length, format version
       denoiser/                    config.json + diffusion_pytorch_model.safetensors (diffusers)
       encoder/                     config.json + model.safetensors, tokenizer files,
-                                   markup2im_encoder.json (transformers)
+                                   markup2im_encoder.json (transformers; the record lists
+                                   every file written, and loading requires each)
       scheduler/scheduler_config.json   DDPMScheduler config (1000 steps, linear betas, epsilon)
 
 The encoder is saved with the model (even the hub ones), so a trained model directory is complete
@@ -30,7 +31,7 @@ from markup2im.atomic import atomic_dir, write_json
 from markup2im.diffusion import check_prediction_type, plain_config
 from markup2im.errors import ModelError
 from markup2im.models.denoiser import MarkupUNet
-from markup2im.models.encoder import MarkupEncoder
+from markup2im.models.encoder import MarkupEncoder, missing_encoder_files
 from markup2im.presets import get_model_preset
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ DENOISER_DIR = "denoiser"
 ENCODER_DIR = "encoder"
 SCHEDULER_DIR = "scheduler"
 DENOISER_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
-ENCODER_FILES = ("config.json", "markup2im_encoder.json")
 SCHEDULER_FILES = ("scheduler_config.json",)
 
 # The paper's DDPM: 1000 steps, linear betas 1e-4..0.02, epsilon prediction; sampling clips x0.
@@ -228,20 +228,16 @@ class Markup2ImModel(nn.Module):
 
 
 def check_model_dir(directory: Path) -> None:
-    """Raise ModelError naming ``directory`` and every file it lacks."""
+    """Raise ModelError naming ``directory`` and every file that loading it needs and it lacks
+    (the encoder's: see :func:`markup2im.models.encoder.missing_encoder_files`)."""
+    if directory.exists() and not directory.is_dir():
+        raise ModelError(f"model directory {directory} is a file, not a directory")
     if not directory.is_dir():
         raise ModelError(f"model directory {directory} does not exist")
     wanted = [MODEL_RECORD]
     wanted += [f"{DENOISER_DIR}/{f}" for f in DENOISER_FILES]
-    wanted += [f"{ENCODER_DIR}/{f}" for f in ENCODER_FILES]
     wanted += [f"{SCHEDULER_DIR}/{f}" for f in SCHEDULER_FILES]
     missing = [w for w in wanted if not (directory / w).is_file()]
-    encoder_dir = directory / ENCODER_DIR
-    if (
-        encoder_dir.is_dir()
-        and not any(encoder_dir.glob("*.safetensors"))
-        and not any(encoder_dir.glob("*.bin"))
-    ):
-        missing.append(f"{ENCODER_DIR}/model.safetensors")
+    missing += [f"{ENCODER_DIR}/{f}" for f in missing_encoder_files(directory / ENCODER_DIR)]
     if missing:
         raise ModelError(f"model directory {directory} is incomplete: missing {', '.join(missing)}")

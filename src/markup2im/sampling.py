@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,7 +77,9 @@ def make_scheduler(
         )
     else:
         raise ConfigError(f"unknown sampler {sampler!r}; known samplers: {', '.join(SAMPLERS)}")
-    steps = num_inference_steps or DEFAULT_STEPS[sampler] or scheduler.config.num_train_timesteps
+    steps = num_inference_steps
+    if steps is None:  # 0 is an error below, not "the default"
+        steps = DEFAULT_STEPS[sampler] or scheduler.config.num_train_timesteps
     if not 1 <= steps <= scheduler.config.num_train_timesteps:
         raise ConfigError(
             f"num_inference_steps must lie in 1..{scheduler.config.num_train_timesteps}, got {steps}"
@@ -184,7 +187,8 @@ def generate(
 
     Writes output_dir/images/<filename>, output_dir/gold/<filename> and, with ``frames_every``,
     output_dir/frames/<stem>/step_<NNNN>.png for the examples named in ``frames_for`` (all
-    generated examples when it is not given).
+    generated examples when it is not given). Those three directories are emptied first, once
+    the model and data have loaded, so that images of an earlier run never mix with these.
     """
     from tqdm.auto import tqdm
 
@@ -196,6 +200,8 @@ def generate(
         raise ConfigError("generate: batch_size must be >= 1, limit and frames_every >= 0")
     started = time.perf_counter()
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output directory {out} is a file")
     images_dir, gold_dir, frames_dir = out / "images", out / "gold", out / "frames"
     info = read_dataset_info(dataset_dir)
     data = load_split(dataset_dir, split)
@@ -220,6 +226,12 @@ def generate(
         )
     images = data.select_columns(["image"]).cast_column("image", _undecoded_image())
     steps = len(make_scheduler(sampler, model.scheduler_config, num_inference_steps).timesteps)
+    for stale in (images_dir, gold_dir, frames_dir):
+        if stale.is_dir():
+            logger.info("removing the earlier %s", stale)
+            shutil.rmtree(stale)
+        elif stale.exists():
+            raise DataError(f"{stale} is a file; generate writes a directory there")
     logger.info(
         "generating %d %s images with %s (%d steps) on %s, batch %d",
         count,

@@ -22,8 +22,19 @@ randomness of a step (t, m, noise, rollout noise) comes from a generator seeded 
 step). A checkpoint therefore only needs the model, optimizer, lr scheduler, EMA and the position
 (epoch, batches consumed); on CPU a run killed with SIGTERM and resumed ends with the same weights,
 bit for bit, as an uninterrupted one. SIGTERM or SIGUSR1 (what Slurm sends before preempting)
-makes the trainer finish its step, save a checkpoint and raise :class:`TrainingInterrupted`.
-A non-finite loss raises TrainingDivergedError and never overwrites the last good checkpoint.
+and SIGINT (Ctrl-C; a second one stops at once) make the trainer finish its step, save a
+checkpoint and raise :class:`TrainingInterrupted`.
+
+A checkpoint records the settings and a fingerprint of the dataset it was trained on. ``--resume
+latest`` refuses a checkpoint of other settings or data; ``--resume auto`` (what the workflow
+uses) then moves the checkpoints aside to ``O/checkpoints.stale-<date>-<time>/`` and starts from
+scratch. A damaged checkpoint is skipped with a warning (renamed ``damaged-checkpoint-<step>``)
+and the one before it is used.
+
+A non-finite loss raises TrainingDivergedError. A checkpoint counts as sane when the loss
+computed with its weights (the next step's) is finite and at most SANE_LOSS_FACTOR times the
+running loss; the newest sane checkpoint is never pruned, and after a divergence the later ones
+are renamed ``diverged-checkpoint-<step>`` so that resuming starts from the sane one.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,7 +63,7 @@ import numpy as np
 import torch
 
 from markup2im.atomic import atomic_path, write_json
-from markup2im.data.datasets import DatasetInfo, load_split, read_dataset_info
+from markup2im.data.datasets import DatasetInfo, dataset_fingerprint, load_split, read_dataset_info
 from markup2im.diffusion import NoiseSchedule, check_prediction_type
 from markup2im.errors import ConfigError, DataError, TrainingDivergedError
 from markup2im.images import image_to_tensor, load_image
@@ -64,20 +76,40 @@ LOG_COLUMNS: tuple[str, ...] = ("step", "epoch", "loss", "lr", "ss_prob", "m", "
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "markup2im_train.json"
 MIXED_PRECISION = ("no", "fp16", "bf16")
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: what a process killed by SIGTERM reports
+EXIT_KEYBOARD = 130  # 128 + SIGINT: what a shell reports for Ctrl-C
+RESUME_MODES = ("none", "latest", "auto")
+STALE_PREFIX = "checkpoints.stale-"  # checkpoints of other settings or data, set aside
+DAMAGED_PREFIX = "damaged-"  # a checkpoint that could not be loaded
+DIVERGED_PREFIX = "diverged-"  # a checkpoint saved after the loss had left its sane range
+# Per-batch losses of small batches vary up to ~10x with the draw of t; weights ruined by an
+# absurd learning rate give losses many orders of magnitude above the running loss.
+SANE_LOSS_FACTOR = 100.0
+RUNNING_LOSS_WINDOW = 50  # steps in the running (median) loss
 
 
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after saving a checkpoint; rerun with --resume latest."""
 
-    def __init__(self, step: int, checkpoint: Path) -> None:
+    def __init__(self, step: int, checkpoint: Path, signum: int = signal.SIGTERM) -> None:
+        name = signal.Signals(signum).name
         super().__init__(
-            f"interrupted by a signal at step {step}; checkpoint saved in {checkpoint}; "
-            "continue with --resume latest"
+            f"interrupted by a signal ({name}) at step {step}; checkpoint saved in {checkpoint}; "
+            "continue with --resume latest (or auto)"
         )
         self.step = step
         self.checkpoint = checkpoint
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """130 for Ctrl-C, 143 otherwise (what the shell would report for the signal)."""
+        return EXIT_KEYBOARD if self.signum == signal.SIGINT else EXIT_INTERRUPTED
+
+
+class _RestartFromScratch(Exception):
+    """Every checkpoint failed to load after some state was already loaded: train afresh."""
 
 
 @dataclass(frozen=True)
@@ -154,8 +186,10 @@ class TrainConfig:
                 f"train: mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                 f"got {self.mixed_precision!r}"
             )
-        if self.resume not in ("latest", "none"):
-            raise ConfigError(f"train: resume must be 'latest' or 'none', got {self.resume!r}")
+        if self.resume not in RESUME_MODES:
+            raise ConfigError(
+                f"train: resume must be one of {', '.join(RESUME_MODES)}, got {self.resume!r}"
+            )
         check_prediction_type(self.prediction_type)
         if self.snr_gamma is not None and not (
             math.isfinite(self.snr_gamma) and self.snr_gamma > 0
@@ -300,13 +334,16 @@ class TrainerState:
 
 
 class StopFlag:
-    """Set by SIGTERM / SIGUSR1; the loop checks it between steps (installed in the main thread)."""
+    """Set by SIGTERM / SIGUSR1 / SIGINT; the loop checks it between steps (installed in the main
+    thread). A second SIGINT (Ctrl-C pressed again) raises KeyboardInterrupt at once."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signal is not None:
+            raise KeyboardInterrupt
         self.signal = signum
 
     def __enter__(self) -> StopFlag:
@@ -331,8 +368,25 @@ def list_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _check_resumable(checkpoint: Path, config: TrainConfig, world_size: int) -> None:
-    record = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+class CheckpointDamaged(Exception):
+    """A checkpoint directory whose record or state cannot be read."""
+
+
+def read_checkpoint_record(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's ``markup2im_train.json``; CheckpointDamaged when it is unreadable."""
+    try:
+        record = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointDamaged(f"{checkpoint / STATE_FILE}: {exc}") from exc
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise CheckpointDamaged(f"{checkpoint / STATE_FILE}: not a checkpoint record")
+    return record
+
+
+def incompatibility(
+    record: dict[str, Any], config: TrainConfig, dataset: dict[str, Any] | None
+) -> str | None:
+    """Why a checkpoint cannot be resumed with ``config`` on ``dataset`` (None: it can)."""
     # a setting added after the checkpoint was written had its default value then
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     saved, current = record.get("config", {}), config.fingerprint()
@@ -343,32 +397,83 @@ def _check_resumable(checkpoint: Path, config: TrainConfig, world_size: int) -> 
     )
     if changed:
         details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise ConfigError(
-            f"{checkpoint}: cannot resume, settings differ from the checkpointed run ({details}); "
-            "use the same settings or another --output-dir"
+        return f"settings differ from the checkpointed run ({details})"
+    before = record.get("dataset")
+    if dataset is not None and before is not None and before.get("hash") != dataset["hash"]:
+        return (
+            f"the dataset differs from the checkpointed run's ({before.get('path')}, "
+            f"{_rows(before.get('splits'))} -> {dataset['path']}, {_rows(dataset['splits'])})"
         )
-    if record.get("world_size") != world_size:
-        logger.warning(
-            "%s was written by %s processes, resuming with %s: the data order per process changes",
-            checkpoint,
-            record.get("world_size"),
-            world_size,
+    return None
+
+
+def _rows(splits: dict[str, int] | None) -> str:
+    return ", ".join(f"{k} {v}" for k, v in (splits or {}).items()) or "no splits recorded"
+
+
+class LossHistory:
+    """The loss of every step so far, and what it says about the checkpoints."""
+
+    def __init__(self, losses: dict[int, float] | None = None) -> None:
+        self.losses: dict[int, float] = dict(losses or {})
+
+    def add(self, step: int, loss: float) -> None:
+        self.losses[step] = loss
+
+    def running(self, step: int) -> float:
+        """Median loss of the RUNNING_LOSS_WINDOW steps up to ``step`` (nan when none)."""
+        window = [
+            self.losses[s]
+            for s in range(max(1, step - RUNNING_LOSS_WINDOW + 1), step + 1)
+            if s in self.losses and math.isfinite(self.losses[s])
+        ]
+        return statistics.median(window) if window else math.nan
+
+    def verdict(self, step: int) -> bool | None:
+        """Whether the weights saved after ``step`` are sane: the loss computed with them (that
+        of step + 1) is finite and within SANE_LOSS_FACTOR of the running loss; None while
+        that loss is not known."""
+        after = self.losses.get(step + 1)
+        if after is None:
+            return None
+        if not math.isfinite(after):
+            return False
+        reference = self.running(step)
+        return not math.isfinite(reference) or after <= SANE_LOSS_FACTOR * reference
+
+    def describe(self, step: int) -> str:
+        return (
+            f"the loss after it was {self.losses.get(step + 1, math.nan):.4g}, "
+            f"the running loss {self.running(step):.4g}"
         )
 
 
-def _rewrite_log(log_path: Path, keep_up_to_step: int | None) -> None:
-    """Start the CSV log afresh, keeping rows up to a resumed step (rows after it are redone)."""
+def _read_log(log_path: Path, up_to_step: int | None) -> list[list[str]]:
+    """The CSV log's rows up to a resumed step (none when starting afresh)."""
     rows: list[list[str]] = []
-    if keep_up_to_step is not None and log_path.is_file():
+    if up_to_step is not None and log_path.is_file():
         with log_path.open(newline="", encoding="utf-8") as handle:
             for row in csv.reader(handle):
                 if len(row) == len(LOG_COLUMNS) and row[0].isdigit():
-                    if int(row[0]) <= keep_up_to_step:
+                    if int(row[0]) <= up_to_step:
                         rows.append(row)
+    return rows
+
+
+def _rewrite_log(log_path: Path, rows: list[list[str]]) -> None:
+    """Start the CSV log afresh with ``rows`` (those of a resumed run up to its step)."""
     with atomic_path(log_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(LOG_COLUMNS)
         writer.writerows(rows)
+
+
+def _loss_history(rows: list[list[str]]) -> LossHistory:
+    losses = {}
+    for row in rows:
+        with contextlib.suppress(ValueError):
+            losses[int(row[0])] = float(row[LOG_COLUMNS.index("loss")])
+    return LossHistory(losses)
 
 
 def _all_finite(parameters: Iterator[torch.nn.Parameter] | Sequence[torch.nn.Parameter]) -> bool:
@@ -386,9 +491,18 @@ def _unwrap_sample(output: Any) -> torch.Tensor:
 def train(config: TrainConfig) -> TrainResult:
     """Train a Markup2ImModel on ``config.dataset_dir`` and save it to ``output_dir/model``.
 
-    Raises TrainingInterrupted after saving a checkpoint when SIGTERM/SIGUSR1 arrives, and
-    TrainingDivergedError (keeping the last good checkpoint) when the loss becomes non-finite.
+    Raises TrainingInterrupted after saving a checkpoint when SIGTERM/SIGUSR1/SIGINT arrives,
+    and TrainingDivergedError (naming the last sane checkpoint, or saying that none is) when the
+    loss becomes non-finite.
     """
+    try:
+        return _train(config)
+    except _RestartFromScratch:
+        # the failed loads may have changed the model or optimizer: build everything again
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -418,6 +532,7 @@ def train(config: TrainConfig) -> TrainResult:
     )
     if len(dataset) == 0:
         raise DataError(f"{dataset_dir}: the train split is empty")
+    dataset_record = {**dataset_fingerprint(dataset_dir), "path": str(dataset_dir)}
     encoder = config.encoder or _default_encoder(info)
     model = Markup2ImModel.from_config(
         model_preset=config.model_preset,
@@ -459,9 +574,12 @@ def train(config: TrainConfig) -> TrainResult:
     if config.train_encoder:  # outside the prepared denoiser: its weights need a checkpoint slot
         accelerator.register_for_checkpointing(model.encoder.model)
 
-    resumed_from = _start_or_resume(accelerator, config, checkpoint_dir, world_size)
+    resumed_from = _start_or_resume(accelerator, config, output_dir, dataset_record)
+    kept_rows = _read_log(log_path, state.global_step if resumed_from else None)
+    history = _loss_history(kept_rows)
+    accelerator.wait_for_everyone()  # every process has read the log before it is rewritten
     if main:
-        _rewrite_log(log_path, state.global_step if resumed_from else None)
+        _rewrite_log(log_path, kept_rows)
     accelerator.wait_for_everyone()
     logger.info(
         "process %d of %d: %s training, %d examples, %d steps per epoch, %d steps in all%s",
@@ -474,11 +592,45 @@ def train(config: TrainConfig) -> TrainResult:
         f", resuming at step {state.global_step} from {resumed_from}" if resumed_from else "",
     )
 
+    def diverged(what: str) -> TrainingDivergedError:
+        """The error for a divergence; sets aside the checkpoints after the last sane one."""
+        checkpoints = list_checkpoints(checkpoint_dir)
+        sane = [(s, path) for s, path in checkpoints if history.verdict(s)]
+        last = sane[-1] if sane else None
+        later = [path for s, path in checkpoints if last is None or s > last[0]]
+        moved = [path.with_name(DIVERGED_PREFIX + path.name) for path in later]
+        if main:
+            for path, target in zip(later, moved, strict=True):
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(path, target)
+        names = ", ".join(t.name for t in moved)
+        if last is not None:
+            found = f"The last sane checkpoint is {last[1]} ({history.describe(last[0])})"
+            if moved:
+                found += f"; the {len(moved)} later one(s) were set aside as {names}"
+        elif moved:
+            found = (
+                "No checkpoint of this run is sane: the loss after each was non-finite or more "
+                f"than {SANE_LOSS_FACTOR:g} times the running loss; they were set aside as {names}"
+            )
+        else:
+            found = "No checkpoint of this run is sane: none was saved before the divergence"
+        suggested = config.learning_rate / 10
+        return TrainingDivergedError(
+            f"{what}. {found}. To retry with a lower learning rate, run the same command with "
+            f"--learning-rate {suggested:g} --resume auto: this run's checkpoints are then moved "
+            f"to {output_dir / STALE_PREFIX}<date>-<time> and training starts from scratch (in "
+            "the workflow: lower this dataset's train.learning_rate in the config file and run "
+            "snakemake again, which does the same)",
+            learning_rate=config.learning_rate,
+            suggested_learning_rate=suggested,
+        )
+
     def save_checkpoint() -> Path:
         if not _all_finite(params):
-            raise TrainingDivergedError(
-                f"weights became non-finite by step {state.global_step}; not checkpointing; "
-                f"last good checkpoint: {_latest_path(checkpoint_dir)}; lower --learning-rate"
+            raise diverged(
+                f"weights became non-finite by step {state.global_step}; not checkpointing"
             )
         final = checkpoint_dir / f"checkpoint-{state.global_step}"
         tmp = checkpoint_dir / f".tmp-checkpoint-{state.global_step}"
@@ -490,12 +642,22 @@ def train(config: TrainConfig) -> TrainResult:
         if main:
             write_json(
                 tmp / STATE_FILE,
-                {"config": config.fingerprint(), "world_size": world_size, **state.state_dict()},
+                {
+                    "config": config.fingerprint(),
+                    "dataset": dataset_record,
+                    "world_size": world_size,
+                    "loss": last_loss,
+                    "running_loss": history.running(state.global_step),
+                    **state.state_dict(),
+                },
             )
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _prune_checkpoints(checkpoint_dir, config.checkpoints_total_limit)
+            sane = [s for s, _ in list_checkpoints(checkpoint_dir) if history.verdict(s)]
+            _prune_checkpoints(
+                checkpoint_dir, config.checkpoints_total_limit, keep=sane[-1] if sane else None
+            )
             logger.info("saved checkpoint %s", final)
         accelerator.wait_for_everyone()
         return final
@@ -579,12 +741,10 @@ def train(config: TrainConfig) -> TrainResult:
                     stats = accelerator.reduce(stats, reduction="sum")
                     last_loss = float(stats[0]) / world_size
                     stopping = float(stats[1]) > 0
+                    history.add(state.global_step + 1, last_loss)
                     if not math.isfinite(last_loss):
-                        raise TrainingDivergedError(
-                            f"loss became {last_loss} at step {state.global_step + 1} (lr {lr:.3g}); "
-                            f"last good checkpoint: {_latest_path(checkpoint_dir)}; "
-                            "lower --learning-rate"
-                        )
+                        step = state.global_step + 1
+                        raise diverged(f"loss became {last_loss} at step {step} (lr {lr:.3g})")
                     if config.train_encoder and world_size > 1:
                         # the encoder runs outside the DDP wrapper: average its gradients here
                         for p in model.encoder.parameters():
@@ -623,7 +783,9 @@ def train(config: TrainConfig) -> TrainResult:
                     if config.snapshot_every and state.global_step % config.snapshot_every == 0:
                         save_snapshot()
                     if stopping:
-                        raise TrainingInterrupted(state.global_step, checkpoint)
+                        raise TrainingInterrupted(
+                            state.global_step, checkpoint, stop.signal or signal.SIGTERM
+                        )
                 if state.batches_in_epoch >= batches_per_epoch:
                     state.epoch += 1
                     state.batches_in_epoch = 0
@@ -676,39 +838,138 @@ def _default_encoder(info: DatasetInfo) -> str:
 
 
 def _start_or_resume(
-    accelerator: Any, config: TrainConfig, checkpoint_dir: Path, world_size: int
+    accelerator: Any, config: TrainConfig, output_dir: Path, dataset: dict[str, Any]
 ) -> Path | None:
-    """Load the latest checkpoint for --resume latest; refuse to mix runs for --resume none."""
+    """Resume (--resume latest / auto) or start afresh; the checkpoint resumed from, if any.
+
+    Newest first, a checkpoint that cannot be read or loaded is skipped with a warning and
+    renamed ``damaged-checkpoint-N``. A checkpoint of other settings or data stops ``latest``
+    with a ConfigError; ``auto`` moves the checkpoints aside (:func:`set_aside_checkpoints`) and
+    starts afresh. ``none`` refuses to start where checkpoints exist.
+    """
+    checkpoint_dir = output_dir / "checkpoints"
+    main, world_size = accelerator.is_main_process, accelerator.num_processes
     checkpoints = list_checkpoints(checkpoint_dir)
-    if accelerator.is_main_process and checkpoint_dir.is_dir():
+    if main and checkpoint_dir.is_dir():
         for stale in checkpoint_dir.glob(".tmp-checkpoint-*"):  # left by a kill during a save
             shutil.rmtree(stale, ignore_errors=True)
     if config.resume == "none":
         if checkpoints:
             raise ConfigError(
                 f"{checkpoint_dir} holds checkpoints of an earlier run; pass --resume latest to "
-                "continue it, or use another --output-dir"
+                "continue it, --resume auto to continue it or, when its settings or data "
+                "differ, set it aside and start afresh, or use another --output-dir"
             )
         return None
-    if not checkpoints:
-        logger.info("no checkpoint in %s: starting from scratch", checkpoint_dir)
+    damaged: list[Path] = []
+    loaded: Path | None = None
+    partly_loaded = False  # a failed load may have changed the model or optimizer already
+    for _, path in reversed(checkpoints):
+        try:
+            record = read_checkpoint_record(path)
+        except CheckpointDamaged as exc:
+            logger.warning("checkpoint %s is damaged (%s); trying the one before it", path, exc)
+            damaged.append(path)
+            continue
+        if record.get("dataset") is None:
+            logger.warning("%s records no dataset fingerprint: the data is not checked", path)
+        problem = incompatibility(record, config, dataset)
+        if problem is not None:
+            if config.resume == "auto":
+                accelerator.wait_for_everyone()
+                stale = set_aside_checkpoints(output_dir) if main else None
+                accelerator.wait_for_everyone()
+                if main:
+                    logger.warning(
+                        "%s: %s; moved the checkpoints to %s and training from scratch",
+                        path,
+                        problem,
+                        stale,
+                    )
+                if partly_loaded:
+                    raise _RestartFromScratch
+                return None
+            raise ConfigError(
+                f"{path}: cannot resume, {problem}. Run with --resume auto to move these "
+                "checkpoints aside and train from scratch, use the same settings and data, or "
+                "use another --output-dir"
+            )
+        if record.get("world_size") != world_size:
+            logger.warning(
+                "%s was written by %s processes, resuming with %s: the data order per process "
+                "changes",
+                path,
+                record.get("world_size"),
+                world_size,
+            )
+        try:
+            accelerator.load_state(str(path))
+            ok = True
+        except Exception as exc:  # torch, safetensors and pickle raise many types for bad files
+            logger.warning("checkpoint %s is damaged (%s); trying the one before it", path, exc)
+            ok = False
+            partly_loaded = True
+        if world_size > 1:  # every process must resume from the same checkpoint
+            flag = torch.tensor(float(ok), device=accelerator.device)
+            ok = float(accelerator.reduce(flag, reduction="sum")) == world_size
+        if ok:
+            loaded = path
+            break
+        damaged.append(path)
+    accelerator.wait_for_everyone()
+    if main:
+        for path in damaged:
+            target = path.with_name(DAMAGED_PREFIX + path.name)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(path, target)
+            logger.warning("renamed the damaged checkpoint %s to %s", path, target.name)
+    accelerator.wait_for_everyone()
+    if loaded is not None:
+        return loaded
+    if damaged:
+        if config.resume != "auto":
+            raise ConfigError(
+                f"{checkpoint_dir}: every checkpoint is damaged "
+                f"({', '.join(DAMAGED_PREFIX + p.name for p in damaged)}); run with --resume "
+                "auto to move them aside and train from scratch"
+            )
+        stale = set_aside_checkpoints(output_dir) if main else None
+        accelerator.wait_for_everyone()
+        if main:
+            logger.warning("no loadable checkpoint: moved them to %s; training afresh", stale)
+        if partly_loaded:
+            raise _RestartFromScratch
         return None
-    _, latest = checkpoints[-1]
-    _check_resumable(latest, config, world_size)
-    accelerator.load_state(str(latest))
-    return latest
+    logger.info("no checkpoint in %s: starting from scratch", checkpoint_dir)
+    return None
 
 
-def _latest_path(checkpoint_dir: Path) -> str:
-    checkpoints = list_checkpoints(checkpoint_dir)
-    return str(checkpoints[-1][1]) if checkpoints else "none"
+def set_aside_checkpoints(output_dir: Path) -> Path:
+    """Move ``O/checkpoints`` (with a copy of the log and any snapshots) to
+    ``O/checkpoints.stale-<YYYYmmdd-HHMMSS>`` and return that directory."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = output_dir / f"{STALE_PREFIX}{stamp}"
+    number = 1
+    while target.exists():
+        target = output_dir / f"{STALE_PREFIX}{stamp}-{number}"
+        number += 1
+    os.replace(output_dir / "checkpoints", target)
+    if (output_dir / "train_log.csv").is_file():
+        shutil.copy2(output_dir / "train_log.csv", target / "train_log.csv")
+    if (output_dir / "snapshots").is_dir():
+        os.replace(output_dir / "snapshots", target / "snapshots")
+    return target
 
 
-def _prune_checkpoints(checkpoint_dir: Path, limit: int | None) -> None:
+def _prune_checkpoints(checkpoint_dir: Path, limit: int | None, keep: int | None = None) -> None:
+    """Remove all but the newest ``limit`` checkpoints, and never the one at step ``keep``."""
     if limit is None:
         return
     checkpoints = list_checkpoints(checkpoint_dir)
-    for _, path in checkpoints[: max(0, len(checkpoints) - limit)]:
+    for step, path in checkpoints[: max(0, len(checkpoints) - limit)]:
+        if step == keep:
+            continue
         logger.info("removing old checkpoint %s", path)
         shutil.rmtree(path, ignore_errors=True)
 

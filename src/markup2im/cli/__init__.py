@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the command line as given (without the program), for messages that say what to run
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(args.verbose)
     try:
         result = args.func(args)

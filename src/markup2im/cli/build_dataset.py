@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from markup2im.cli.paths import output_dir
 from markup2im.cli.render import add_render_options
 from markup2im.presets import DOMAINS
 
@@ -32,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="level of the synthetic generator (math: standard or simple; default standard)",
     )
-    parser.add_argument("--output-dir", required=True, help="dataset directory to write")
+    parser.add_argument(
+        "--output-dir", type=output_dir, required=True, help="dataset directory to write"
+    )
     sizes = parser.add_argument_group(
         "split sizes",
         "examples per split; defaults: 1000/100/100 (train/validation/test) with --synthetic, "

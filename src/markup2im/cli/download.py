@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from markup2im.cli.paths import output_dir
 from markup2im.presets import DOMAINS
 
 
@@ -25,11 +26,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--local-path", default=None, help="local copy of the dataset repository (no network)"
     )
-    parser.add_argument("--output-dir", required=True, help="dataset directory to write")
+    parser.add_argument(
+        "--output-dir", type=output_dir, required=True, help="dataset directory to write"
+    )
     parser.add_argument(
         "--max-examples", type=int, default=None, help="keep only the first N rows of each split"
     )
-    parser.add_argument("--cache-dir", default=None, help="datasets cache (default: HF_HOME's)")
+    parser.add_argument(
+        "--cache-dir", type=output_dir, default=None, help="datasets cache (default: HF_HOME's)"
+    )
     parser.add_argument(
         "--skip-validation",
         action="store_true",

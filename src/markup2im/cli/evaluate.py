@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from markup2im.cli.paths import output_file
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``evaluate`` subcommand."""
@@ -15,9 +17,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--pred-dir", required=True, help="directory of predicted images")
     parser.add_argument("--gold-dir", required=True, help="directory of gold images (same names)")
-    parser.add_argument("--output", required=True, help="per-image metrics CSV to write")
+    parser.add_argument(
+        "--output", type=output_file, required=True, help="per-image metrics CSV to write"
+    )
     parser.add_argument(
         "--summary",
+        type=output_file,
         default=None,
         help="summary JSON to write (mean/std/median, and the same for a blank page)",
     )

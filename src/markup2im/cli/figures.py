@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from markup2im.cli.paths import output_file
+
 
 def labelled(value: str) -> tuple[str, str]:
     """Parse ``LABEL=PATH`` (the label is free text such as ``math/baseline``)."""
@@ -29,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="LABEL=DIR",
         help="directory of one method's images (repeat)",
     )
-    grid.add_argument("--output", required=True, help="PNG to write")
+    grid.add_argument("--output", type=output_file, required=True, help="PNG to write")
     grid.add_argument("--limit", type=int, default=8, help="number of examples (rows)")
     grid.add_argument("--scale", type=int, default=None, help="enlargement (default: auto)")
     grid.set_defaults(func=run_grid)
@@ -43,8 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="LABEL=JSON",
         help="summary JSON of `markup2im evaluate` (repeat; LABEL like math/baseline)",
     )
-    table.add_argument("--output", required=True, help="CSV to write")
-    table.add_argument("--html", default=None, help="also write this HTML page")
+    table.add_argument("--output", type=output_file, required=True, help="CSV to write")
+    table.add_argument("--html", type=output_file, default=None, help="also write this HTML page")
     table.set_defaults(func=run_table)
 
     paired = commands.add_parser(
@@ -56,8 +58,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     paired.add_argument("--baseline", required=True, help="metrics CSV of the baseline run")
     paired.add_argument("--treatment", required=True, help="metrics CSV of the compared run")
-    paired.add_argument("--output", required=True, help="CSV to write (one row per metric)")
-    paired.add_argument("--html", default=None, help="also write this HTML page")
+    paired.add_argument(
+        "--output", type=output_file, required=True, help="CSV to write (one row per metric)"
+    )
+    paired.add_argument("--html", type=output_file, default=None, help="also write this HTML page")
     paired.add_argument("--title", default=None, help="page title")
     paired.add_argument(
         "--resamples", type=int, default=10_000, help="bootstrap resamples (default: 10000)"
@@ -79,8 +83,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="LABEL=CSV",
         help="CSV of `markup2im figures paired` (repeat; LABEL like math/ddim50)",
     )
-    paired_all.add_argument("--output", required=True, help="CSV to write")
-    paired_all.add_argument("--html", default=None, help="also write this HTML page")
+    paired_all.add_argument("--output", type=output_file, required=True, help="CSV to write")
+    paired_all.add_argument(
+        "--html", type=output_file, default=None, help="also write this HTML page"
+    )
     paired_all.set_defaults(func=run_paired_table)
 
     plots = commands.add_parser("metric-plots", help="per-image metric distributions per method")
@@ -92,7 +98,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="LABEL=CSV",
         help="per-image metrics CSV of `markup2im evaluate` (repeat)",
     )
-    plots.add_argument("--output", required=True, help="image to write (PNG, SVG, PDF)")
+    plots.add_argument(
+        "--output", type=output_file, required=True, help="image to write (PNG, SVG, PDF)"
+    )
     plots.set_defaults(func=run_plots)
 
     curves = commands.add_parser("loss-curves", help="training loss (and ss_prob) against step")
@@ -104,7 +112,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="LABEL=CSV",
         help="train_log.csv of one run (repeat)",
     )
-    curves.add_argument("--output", required=True, help="image to write (PNG, SVG, PDF)")
+    curves.add_argument(
+        "--output", type=output_file, required=True, help="image to write (PNG, SVG, PDF)"
+    )
     curves.add_argument(
         "--window", type=int, default=None, help="moving-average window (default: 2%% of steps)"
     )
@@ -112,7 +122,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     page = commands.add_parser("html", help="wrap a GIF/PNG or CSV in a self-contained HTML page")
     page.add_argument("--input", required=True, help="GIF, PNG, JPEG, SVG or CSV file")
-    page.add_argument("--output", required=True, help="HTML page to write")
+    page.add_argument("--output", type=output_file, required=True, help="HTML page to write")
     page.add_argument("--title", default=None, help="page title (default: the file name)")
     page.set_defaults(func=run_html)
 

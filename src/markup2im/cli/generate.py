@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from markup2im.cli.paths import output_dir, positive_int
+
 # markup2im.sampling.SAMPLERS (kept here so that parsing imports no torch; a test checks that
 # they agree)
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++")
@@ -26,14 +28,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model-dir", type=Path, required=True, help="a saved model (O/model of train)")
     p.add_argument("--dataset-dir", type=Path, required=True)
-    p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument(
+        "--output-dir",
+        type=output_dir,
+        required=True,
+        help="directory O; its images/, gold/ and frames/ are replaced",
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None, help="first N examples of the split")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     p.add_argument(
         "--num-inference-steps",
-        type=int,
+        type=positive_int,
         default=None,
         help="denoising steps (default: all 1000 for ddpm, 50 for ddim, 20 for dpmsolver++)",
     )

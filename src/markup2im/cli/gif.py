@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from markup2im.cli.figures import labelled
+from markup2im.cli.paths import output_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "denoise", help="GIF of one example's frames (frames/<stem>/step_NNNN.png)"
     )
     denoise.add_argument("--frames-dir", required=True, help="directory of step_NNNN.png frames")
-    denoise.add_argument("--output", required=True, help="GIF to write")
+    denoise.add_argument("--output", type=output_file, required=True, help="GIF to write")
     _timing(denoise)
     denoise.set_defaults(func=run_denoise)
 
@@ -32,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="LABEL=DIR",
         help="frames directory of one run (repeat, e.g. baseline=... scheduled_sampling=...)",
     )
-    compare.add_argument("--output", required=True, help="GIF to write")
+    compare.add_argument("--output", type=output_file, required=True, help="GIF to write")
     _timing(compare)
     compare.set_defaults(func=run_compare)
 

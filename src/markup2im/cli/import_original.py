@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from markup2im.cli.paths import output_dir
+
 # markup2im.presets.DOMAINS (kept here so that parsing imports no torch)
 DOMAINS: tuple[str, ...] = ("math", "tables", "music", "molecules")
 
@@ -29,7 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="markup encoder: hub name or local directory (default: the domain's encoder of the "
         "paper, EleutherAI/gpt-neo-125M or DeepChem/ChemBERTa-77M-MLM)",
     )
-    p.add_argument("--output-dir", type=Path, required=True, help="model directory O to write")
+    p.add_argument(
+        "--output-dir", type=output_dir, required=True, help="model directory O to write"
+    )
     p.add_argument(
         "--model-preset", default="paper", help="denoiser preset of the checkpoint (paper)"
     )

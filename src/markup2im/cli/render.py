@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from markup2im.cli.paths import output_dir, positive_float, positive_int
 from markup2im.presets import DOMAINS
 
-
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+__all__ = ["add_parser", "add_render_options", "positive_float", "positive_int", "run"]
 
 
 def add_render_options(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help='.txt (one markup per line) or .jsonl ({"markup": ...} per line)',
     )
     parser.add_argument(
-        "--output-dir", required=True, help="directory for the PNGs and manifest.csv"
+        "--output-dir",
+        type=output_dir,
+        required=True,
+        help="directory for the PNGs and manifest.csv",
     )
     add_render_options(parser)
     parser.set_defaults(func=run)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
+
+from markup2im.cli.paths import output_dir
 
 # markup2im.scheduled_sampling.METHODS (kept here so that parsing imports no torch; a test
 # checks that they agree)
@@ -29,12 +33,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train a baseline or scheduled-sampling DDPM on a dataset directory. "
         "Run directly or as `accelerate launch [--num_processes N] -m markup2im train ...`. "
         "Writes O/model, O/checkpoints/checkpoint-<step> and O/train_log.csv. On SIGTERM/SIGUSR1 "
-        "it saves a checkpoint and exits with status 143; rerun with --resume latest.",
+        "it saves a checkpoint and exits with status 143 (130 for Ctrl-C); rerun with --resume "
+        "latest, or --resume auto, which also moves the checkpoints of other settings or data "
+        "aside (O/checkpoints.stale-<date>-<time>) and starts from scratch.",
     )
     p.add_argument(
         "--dataset-dir", type=Path, required=True, help="dataset directory (train split)"
     )
-    p.add_argument("--output-dir", type=Path, required=True, help="run directory O")
+    p.add_argument("--output-dir", type=output_dir, required=True, help="run directory O")
     p.add_argument("--method", choices=METHODS, required=True)
     p.add_argument("--model-preset", default="paper", help="model size preset (default: paper)")
     p.add_argument(
@@ -96,7 +102,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="also save the model to O/snapshots/step-N every N steps (for learning curves)",
     )
-    p.add_argument("--resume", choices=("latest", "none"), default="none")
+    p.add_argument(
+        "--resume",
+        choices=("latest", "auto", "none"),
+        default="none",
+        help="latest: continue from the newest checkpoint (refused for other settings or data); "
+        "auto: the same, but checkpoints of other settings or data are moved aside to "
+        "O/checkpoints.stale-<date>-<time> and training starts from scratch (the workflow's); "
+        "none (default): refuse to start where checkpoints exist",
+    )
     p.add_argument("--limit-train", type=int, default=None, help="use the first N train examples")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
     p.set_defaults(func=run)
@@ -104,7 +118,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the config from the flags and train."""
-    from markup2im.training import EXIT_INTERRUPTED, TrainConfig, TrainingInterrupted, train
+    from markup2im.errors import TrainingDivergedError
+    from markup2im.training import TrainConfig, TrainingInterrupted, train
 
     config = TrainConfig(
         dataset_dir=args.dataset_dir,
@@ -143,5 +158,36 @@ def run(args: argparse.Namespace) -> int:
         train(config)
     except TrainingInterrupted as exc:
         print(f"markup2im train: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exc.exit_code
+    except TrainingDivergedError as exc:
+        if exc.suggested_learning_rate is None:
+            raise
+        argv = getattr(args, "argv", None) or sys.argv[1:]
+        command = retry_command(argv, exc.suggested_learning_rate)
+        raise TrainingDivergedError(
+            f"{exc}\nTo retry with a lower learning rate, run:\n  {command}",
+            learning_rate=exc.learning_rate,
+            suggested_learning_rate=exc.suggested_learning_rate,
+        ) from exc
     return 0
+
+
+def retry_command(argv: list[str], learning_rate: float) -> str:
+    """This command line with ``--learning-rate`` replaced and ``--resume auto``."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--learning-rate", "--resume"):
+            skip = True
+            continue
+        if arg.startswith(("--learning-rate=", "--resume=")):
+            continue
+        kept.append(arg)
+    command = shlex.join(["markup2im", *kept, "--learning-rate", f"{learning_rate:g}"])
+    command += " --resume auto"
+    if "LOCAL_RANK" in os.environ or "ACCELERATE_USE_CPU" in os.environ:  # accelerate launch
+        command = "accelerate launch <the same launch flags> -m " + command
+    return command

@@ -8,6 +8,7 @@ datasets are both written in this form, so training never cares where data came 
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import json
 import logging
@@ -112,6 +113,35 @@ def read_dataset_info(path: str | os.PathLike[str]) -> DatasetInfo:
     column = markup_column(load_dataset_dir(root))
     spec = next(d for d in DOMAINS.values() if d.markup_column == column)
     return DatasetInfo(spec.name, column, spec.width, spec.height, spec.channels)
+
+
+def dataset_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies the content of a dataset directory, cheaply: a hash of its record
+    (``markup2im.json``) and of each split's ``datasets`` fingerprint and data size.
+
+    ``datasets`` derives a split's fingerprint from its content and history, so rebuilding the
+    same rows gives the same fingerprint and other rows another. A checkpoint keeps this so that
+    a run is never resumed on other data. Returns ``{"hash": ..., "splits": {name: rows}}``.
+    """
+    root = Path(path)
+    digest = hashlib.sha256()
+    record = root / INFO_FILE
+    digest.update(record.read_bytes() if record.is_file() else b"(no record)")
+    rows: dict[str, int] = {}
+    for split_name, split in load_dataset_dir(root).items():
+        state_file = root / split_name / "state.json"
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = {}
+        data_bytes = sum(f.stat().st_size for f in sorted((root / split_name).glob("*.arrow")))
+        rows[split_name] = len(split)
+        digest.update(
+            json.dumps(
+                [split_name, state.get("_fingerprint"), len(split), data_bytes], sort_keys=True
+            ).encode()
+        )
+    return {"hash": digest.hexdigest()[:16], "splits": rows}
 
 
 # ---- validating a dataset directory ----------------------------------------------------------
@@ -235,9 +265,47 @@ def _split_sizes(
         return dict(DEFAULT_SYNTHETIC_SIZES) if synthetic else None
     defaults = DEFAULT_SYNTHETIC_SIZES if synthetic else {"train": 0, "validation": 0, "test": 0}
     sizes = {k: (v if v is not None else defaults[k]) for k, v in given.items()}
-    if sum(sizes.values()) == 0:
-        raise ConfigError("split sizes add up to 0; ask for at least one example")
+    empty = [k for k in SPLITS if sizes[k] == 0]
+    if empty:
+        # a DatasetDict with an empty split is written without error but cannot be loaded again
+        raise ConfigError(
+            f"split sizes {_counts(sizes)} leave the {' and '.join(empty)} split empty; every "
+            "split needs at least one example (give --train, --validation and --test)"
+        )
     return sizes
+
+
+def _counts(sizes: dict[str, int]) -> str:
+    """``train 8, validation 1, test 1``."""
+    return ", ".join(f"{k} {sizes[k]}" for k in SPLITS)
+
+
+def _file_split_sizes(rendered: int, source: str) -> dict[str, int]:
+    """The default split of the rendered rows of a markup file: 10% test, 10% validation (at
+    least one each), the rest train; DataError when there are too few rows for three splits."""
+    if rendered < len(SPLITS):
+        raise DataError(
+            f"{source}: only {rendered} markup(s) rendered; the train, validation and test "
+            "splits need at least one each"
+        )
+    n_test = max(1, int(rendered * DEFAULT_FILE_FRACTIONS["test"] + 0.5))
+    n_val = max(1, int(rendered * DEFAULT_FILE_FRACTIONS["validation"] + 0.5))
+    return {"train": rendered - n_test - n_val, "validation": n_val, "test": n_test}
+
+
+def _deduplicate(markups: list[str]) -> tuple[list[int], list[dict[str, Any]]]:
+    """Indices of the first occurrence of every markup, and the repeats left out (each as
+    ``{"index": i, "first": j}``): a repeated line would otherwise land in train and test."""
+    first: dict[str, int] = {}
+    keep: list[int] = []
+    repeats: list[dict[str, Any]] = []
+    for index, markup in enumerate(markups):
+        if markup in first:
+            repeats.append({"index": index, "first": first[markup]})
+        else:
+            first[markup] = index
+            keep.append(index)
+    return keep, repeats
 
 
 def build_dataset(
@@ -262,9 +330,13 @@ def build_dataset(
     Rows are taken in a seeded order (the generator's stream, or the file's lines shuffled with
     ``seed``) and rendered until the requested sizes are met; failed renders are left out and
     counted. Test rows come first, then validation, then train, so a shortfall only shrinks train.
-    With a markup file and no sizes, every rendered row is used: 10% test, 10% validation, the
-    rest train. Writes the dataset, ``markup2im.json`` and ``build_summary.json`` (requested,
-    rendered, failed with reasons, shrunk counts, per split); returns the summary.
+    With a markup file and no sizes, every rendered row is used: 10% test, 10% validation (at
+    least one each), the rest train. Repeated lines of a markup file are left out (the first
+    one is kept) before the split, so that no markup is in two splits. A split left empty
+    (sizes, or too few rendered rows) is a ConfigError or DataError: a dataset directory with
+    an empty split cannot be loaded. Writes the dataset, ``markup2im.json`` and
+    ``build_summary.json`` (requested, rendered, failed with reasons, duplicates removed, shrunk
+    counts, per split); returns the summary.
     """
     from markup2im.data import synth
     from markup2im.data.markup_files import read_markup_file
@@ -280,6 +352,7 @@ def build_dataset(
     started = time.monotonic()
 
     blank_lines = 0
+    duplicates: list[dict[str, Any]] = []
     known_errors: dict[int, str] = {}
     if synthetic:
         source_name = f"synthetic:{spec.name}" + (f":{difficulty}" if difficulty else "")
@@ -291,7 +364,20 @@ def build_dataset(
         marked = read_markup_file(markup_file)  # type: ignore[arg-type]
         source_name = str(markup_file)
         blank_lines = len(marked.blank_lines)
-        order = list(range(len(marked)))
+        # duplicates go before the split, so no markup is both trained on and tested
+        order, repeats = _deduplicate(marked.markups)
+        duplicates = [
+            {"line": marked.lines[r["index"]], "same_as_line": marked.lines[r["first"]]}
+            for r in repeats
+        ]
+        if duplicates:
+            logger.warning(
+                "%s: %d duplicate markup line(s) left out (first: line %d repeats line %d)",
+                source_name,
+                len(duplicates),
+                duplicates[0]["line"],
+                duplicates[0]["same_as_line"],
+            )
         random.Random(seed).shuffle(order)
         known_errors = {n: marked.errors[i] for n, i in enumerate(order) if i in marked.errors}
         stream = ((marked.markups[i], marked.lines[i]) for i in order)
@@ -337,15 +423,21 @@ def build_dataset(
         failures = [outcomes[n].error for n in range(len(candidates))][:5]
         raise RenderError(f"{source_name}: nothing rendered; first errors: {failures}")
     if sizes is None:
-        n_test = int(len(good) * DEFAULT_FILE_FRACTIONS["test"] + 0.5)
-        n_val = int(len(good) * DEFAULT_FILE_FRACTIONS["validation"] + 0.5)
-        sizes = {"train": len(good) - n_test - n_val, "validation": n_val, "test": n_test}
+        sizes = _file_split_sizes(len(good), source_name)
     used = good[: sum(sizes.values())]
     assignment = {
         "test": used[: sizes["test"]],
         "validation": used[sizes["test"] : sizes["test"] + sizes["validation"]],
         "train": used[sizes["test"] + sizes["validation"] :],
     }
+    got = {k: len(assignment[k]) for k in SPLITS}
+    empty = [k for k in SPLITS if not got[k]]
+    if empty:
+        raise DataError(
+            f"{source_name}: the {' and '.join(empty)} split would be empty: {len(good)} of "
+            f"{len(candidates)} markup(s) rendered, giving {_counts(got)} (asked for "
+            f"{_counts(sizes)}); nothing was written"
+        )
     order = [n for split_name in SPLITS for n in assignment[split_name]]
     names = dict(zip(order, assign_filenames([candidates[n][0] for n in order]), strict=True))
     features = features_for(spec.markup_column)
@@ -376,6 +468,10 @@ def build_dataset(
         "rendered": len(good),
         "used": len(used),
         "blank_lines_skipped": blank_lines,
+        "duplicates_removed": {
+            "count": len(duplicates),
+            "items": duplicates[:MAX_LISTED_FAILURES],
+        },
         "splits": {k: len(assignment[k]) for k in SPLITS},
         "shortfall": {
             k: sizes[k] - len(assignment[k]) for k in SPLITS if sizes[k] > len(assignment[k])

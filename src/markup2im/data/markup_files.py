@@ -58,6 +58,11 @@ def _decode(raw: bytes, path: Path, number: int) -> tuple[str, str]:
 def read_markup_file(path: str | os.PathLike[str]) -> MarkupFile:
     """Read a ``.txt`` or ``.jsonl`` markup file (see the module docstring for the rules)."""
     source = Path(path)
+    if source.is_dir():
+        raise DataError(
+            f"{source}: is a directory, not a markup file; give a .txt (one markup per line) "
+            "or .jsonl file"
+        )
     suffix = source.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(

@@ -161,6 +161,11 @@ class MarkupEncoder(nn.Module):
         record_path = directory / ENCODER_RECORD
         if not record_path.is_file():
             raise ModelError(f"encoder directory {directory} is missing {ENCODER_RECORD}")
+        missing = missing_encoder_files(directory)
+        if missing:
+            raise ModelError(
+                f"encoder directory {directory} is incomplete: missing {', '.join(missing)}"
+            )
         record = json.loads(record_path.read_text(encoding="utf-8"))
         length = int(record["max_length"] if max_length is None else max_length)
         encoder = cls._from_files(str(directory), record["name"], length, local_only=True)
@@ -172,17 +177,25 @@ class MarkupEncoder(nn.Module):
             self.write_files(tmp)
 
     def write_files(self, directory: Path) -> None:
-        """Write model, tokenizer and record into an existing (temporary) directory."""
+        """Write model, tokenizer and record into an existing (temporary) directory.
+
+        The record lists every file written: what loading needs differs by tokenizer (ByT5:
+        tokenizer_config.json + added_tokens.json; fast tokenizers: tokenizer.json too; sharded
+        weights: an index and shards), and a missing one would make ``AutoTokenizer`` fall back
+        to another tokenizer without an error.
+        """
+        directory = Path(directory)
         with _no_progress_bars():
             self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         write_json(
-            Path(directory) / ENCODER_RECORD,
+            directory / ENCODER_RECORD,
             {
                 "name": self.name,
                 "max_length": self.requested_max_length,
                 "end_token_id": self.end_token_id,
                 "hidden_size": self.hidden_size,
+                "files": sorted(p.name for p in directory.iterdir() if p.is_file()),
             },
         )
 
@@ -254,6 +267,30 @@ class MarkupEncoder(nn.Module):
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             hidden = self.model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
             return hidden * mask[..., None].to(hidden.dtype), mask
+
+
+def missing_encoder_files(directory: str | os.PathLike[str]) -> list[str]:
+    """Files that loading the encoder saved in ``directory`` needs and that are not there.
+
+    Always the record, config.json, tokenizer_config.json (without it ``AutoTokenizer`` guesses
+    a tokenizer from the model type and encodes every markup as unknown tokens) and weights;
+    plus every file the record lists as written at save time.
+    """
+    directory = Path(directory)
+    wanted = [ENCODER_RECORD, "config.json", "tokenizer_config.json"]
+    record_path = directory / ENCODER_RECORD
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ModelError(f"{record_path}: not valid JSON ({exc})") from exc
+        wanted += [f for f in record.get("files", []) if f not in wanted]
+    missing = [f for f in wanted if not (directory / f).is_file()]
+    if directory.is_dir() and not any(
+        p.suffix in (".safetensors", ".bin") for p in directory.iterdir()
+    ):
+        missing.append("model.safetensors")
+    return missing
 
 
 @contextlib.contextmanager

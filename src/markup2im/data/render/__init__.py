@@ -31,7 +31,8 @@ from types import ModuleType
 
 from markup2im.atomic import atomic_path, write_text
 from markup2im.data.render.base import BatchContext
-from markup2im.data.render.canvas import BlankImageError, fit_to_canvas, png_bytes
+from markup2im.data.render.process import check_sandbox, stop_on_signal
+from markup2im.data.render.canvas import BlankImageError, TooSmallError, fit_to_canvas, png_bytes
 from markup2im.errors import RenderError
 from markup2im.presets import DomainSpec, get_domain
 
@@ -126,7 +127,7 @@ def _render_chunk(
             continue
         try:
             fitted = fit_to_canvas(raw.image, width, height, spec.color_mode)
-        except BlankImageError as exc:
+        except (BlankImageError, TooSmallError) as exc:
             out.append((False, str(exc), False, None))
         except (OSError, ValueError, MemoryError) as exc:  # e.g. an absurdly large rendering
             out.append((False, f"cannot fit the rendered image: {exc}", False, None))
@@ -165,6 +166,7 @@ def iter_render(
     workers = workers or default_workers()
     module = renderer_module(spec)
     module.check_available()
+    check_sandbox()
     skip = dict(skip or {})
     names = list(filenames) if filenames is not None else assign_filenames(markups)
 
@@ -189,25 +191,29 @@ def iter_render(
     )
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render")
     try:
-        futures = {
-            pool.submit(
-                _render_chunk,
-                module,
-                [markups[i] for i in chunk],
-                spec,
-                width,
-                height,
-                timeout,
-                cancel,
-            ): chunk
-            for chunk in chunks
-        }
-        for future in concurrent.futures.as_completed(futures):
-            chunk = futures[future]
-            for leader, (ok, error, shrunk, png) in zip(chunk, future.result(), strict=True):
-                for index in same[leader]:
-                    yield RenderedItem(index, markups[index], names[index], ok, error, shrunk, png)
-            bar.update(len(chunk))
+        # SIGTERM / SIGINT kill every renderer before this process stops (see process.py)
+        with stop_on_signal(cancel):
+            futures = {
+                pool.submit(
+                    _render_chunk,
+                    module,
+                    [markups[i] for i in chunk],
+                    spec,
+                    width,
+                    height,
+                    timeout,
+                    cancel,
+                ): chunk
+                for chunk in chunks
+            }
+            for future in concurrent.futures.as_completed(futures):
+                chunk = futures[future]
+                for leader, (ok, error, shrunk, png) in zip(chunk, future.result(), strict=True):
+                    for index in same[leader]:
+                        yield RenderedItem(
+                            index, markups[index], names[index], ok, error, shrunk, png
+                        )
+                bar.update(len(chunk))
     finally:
         cancel.set()  # stops renderers still running when the caller stops early
         pool.shutdown(wait=True, cancel_futures=True)

@@ -3,6 +3,12 @@
 Every renderer ends here, so all domains share one definition of "the image of a markup": ink
 (anything darker than ``INK_THRESHOLD`` in any channel) cropped tight, shrunk only when it does not
 fit (keeping its aspect ratio), pasted at (0, 0) on white.
+
+A rendering that would have to shrink more than ``MAX_SHRINK`` times is refused as too small to
+read (``TooSmallError``): every renderer draws its markup at a size where the smallest marks
+(a subscript at 100 dpi, a staff space at 110 dpi, an 8 px table font) are 5 to 8 pixels tall,
+so beyond 4x they fall under 2 pixels and merge; a 100 KB formula would otherwise become a grey
+line one pixel high that counts as an image of its markup.
 """
 
 from __future__ import annotations
@@ -16,10 +22,15 @@ from PIL import Image
 # A pixel is ink when one of its channels is below this value; anti-aliasing leaves a faint halo
 # of 250..254 that should not widen the crop.
 INK_THRESHOLD = 250
+MAX_SHRINK = 4.0  # larger reductions leave nothing readable (see the module docstring)
 
 
 class BlankImageError(ValueError):
     """The rendering has no ink at all."""
+
+
+class TooSmallError(ValueError):
+    """The rendering would have to shrink too much to fit: nothing of it would be readable."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +62,18 @@ def ink_box(image: Image.Image) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def fit_to_canvas(image: Image.Image, width: int, height: int, mode: str = "L") -> Fitted:
-    """Crop ``image`` to its ink and place it top-left on a white ``width`` x ``height`` canvas."""
+def fit_to_canvas(
+    image: Image.Image,
+    width: int,
+    height: int,
+    mode: str = "L",
+    max_shrink: float | None = MAX_SHRINK,
+) -> Fitted:
+    """Crop ``image`` to its ink and place it top-left on a white ``width`` x ``height`` canvas.
+
+    Raises BlankImageError for an image without ink and TooSmallError when the ink would have
+    to shrink more than ``max_shrink`` times (None: no limit).
+    """
     image = flatten(image, mode)
     box = ink_box(image)
     if box is None:
@@ -62,6 +83,11 @@ def fit_to_canvas(image: Image.Image, width: int, height: int, mode: str = "L") 
     shrunk = ink.width > width or ink.height > height
     if shrunk:
         scale = min(width / ink.width, height / ink.height)
+        if max_shrink is not None and scale * max_shrink < 1:
+            raise TooSmallError(
+                f"too small to read: the rendering is {ink.width} x {ink.height} pixels and would "
+                f"shrink {1 / scale:.1f}x to fit {width} x {height} (at most {max_shrink:g}x)"
+            )
         size = (
             min(width, max(1, round(ink.width * scale))),
             min(height, max(1, round(ink.height * scale))),

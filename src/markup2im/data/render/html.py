@@ -87,6 +87,7 @@ def render_batch(markups: list[str], ctx: BatchContext) -> list[Raw]:
                 target.name,
             ],
             cwd=ctx.workdir,
+            workdir=ctx.workdir,
             timeout=ctx.timeout,
             env=env,
             cancel=ctx.cancel,

@@ -10,6 +10,14 @@ tells which formula failed and proves that pages and formulas still line up; the
 failed is tried again alone (so a batch never does worse than one formula per document) and the
 rest of the batch is compiled anew. When the markers do not line up (a formula that ships two pages
 or ends the document) every formula of the batch is compiled alone.
+
+Formulas of one document share TeX's state, so a formula that could change it for the ones after
+it (``\\global\\let\\alpha\\beta``, ``\\gdef``, a counter, a catcode, a dvipng special, leaving
+its display, ...) would change how they render. Such a formula is compiled in a document of its
+own (``needs_own_document``: a list of the TeX and LaTeX commands that can do so, and anything
+that could spell one in disguise), so every formula renders as it would alone. TeX may open only
+files below the run directory and TeX's own trees (kpathsea's ``openin_any=p``,
+``openout_any=p``: no absolute paths, no ``..``, no dot files), on top of the sandbox.
 """
 
 from __future__ import annotations
@@ -43,6 +51,44 @@ PREAMBLE = r"""\documentclass[12pt]{article}
 _MARK = re.compile(r"<<m2i:(\d+|end):(\d+)>>")
 _PAGE_DONE = re.compile(r"\[\d+\]")
 _PAGES = re.compile(r"Output written on \S+ \((\d+) pages?")
+# kpathsea's settings for both programs: TeX reads and writes only files below its directory and
+# in its own trees ("p"aranoid), and runs no shell commands
+TEX_ENV = {"openin_any": "p", "openout_any": "p", "shell_escape": "f"}
+
+# Commands after which the next formula of the same document might not render as it would alone:
+# global assignments and parameters that are always global, LaTeX commands that assign globally
+# (counters, tags, page styles), definitions, groups and displays a formula could close early,
+# catcodes and constructed names (which could spell any of these), files, terminal output
+# (the markers below are read from it) and specials (dvipng keeps colours across pages).
+STATEFUL_COMMANDS = frozenset(
+    """
+    global globaldefs gdef xdef def edef let futurelet long outer protected csname
+    fontdimen hyphenchar skewchar hyphenation patterns batchmode nonstopmode scrollmode
+    errorstopmode interactionmode deadcycles insertpenalties pagegoal pagetotal pagestretch
+    pagefilstretch pagefillstretch pagefilllstretch pageshrink pagedepth prevgraf spacefactor
+    prevdepth setbox shipout output mark marks everypar everymath everydisplay everyhbox
+    everyvbox everyjob everycr everyeof aftergroup afterassignment begingroup endgroup bgroup
+    egroup catcode lccode uccode sfcode mathcode delcode endlinechar newlinechar escapechar
+    makeatletter makeatother ExplSyntaxOn ExplSyntaxOff scantokens input include endinput
+    InputIfFileExists IfFileExists openin openout closein closeout read readline write
+    immediate message typeout wlog errmessage special setcounter addtocounter stepcounter
+    refstepcounter newcounter setlength addtolength newlength newtheorem newcommand
+    renewcommand providecommand newenvironment renewenvironment DeclareRobustCommand
+    DeclareMathOperator pagenumbering thispagestyle pagestyle markboth markright tag notag
+    nonumber label displaybreak allowdisplaybreaks enddocument document dump stop
+    """.split()
+)
+# \begin{...} runs the command of the environment's name: only these math environments share a
+# document (\end is checked the same way)
+MATH_ENVIRONMENTS = frozenset(
+    """
+    array matrix pmatrix bmatrix Bmatrix vmatrix Vmatrix smallmatrix cases aligned alignedat
+    gathered split subarray
+    """.split()
+)
+_DISPLAY_SYMBOLS = frozenset("[]()")  # \[ \] \( \) open and close math
+_CONTROL = re.compile(r"\\([A-Za-z]+|.)", re.DOTALL)
+_ENVIRONMENT = re.compile(r"\s*\{([^{}]*)\}")
 
 
 def check_available() -> None:
@@ -52,6 +98,24 @@ def check_available() -> None:
         "dvipng",
         install="install the Debian packages texlive-latex-base and dvipng",
     )
+
+
+def needs_own_document(formula: str) -> bool:
+    """Could ``formula`` change how a later formula of the same document renders?
+
+    Errs on the side of yes: a formula flagged here is only compiled alone (slower, same image).
+    """
+    if "^^" in formula:  # ^^xx spells any character, and so any command name
+        return True
+    for match in _CONTROL.finditer(formula):
+        name = match.group(1)
+        if name in ("begin", "end"):
+            env = _ENVIRONMENT.match(formula, match.end())
+            if env is None or env.group(1).strip().rstrip("*") not in MATH_ENVIRONMENTS:
+                return True
+        elif name in STATEFUL_COMMANDS or name in _DISPLAY_SYMBOLS:
+            return True
+    return False
 
 
 def document(formulas: list[str]) -> str:
@@ -93,11 +157,12 @@ def _compile(formulas: list[str], ctx: BatchContext, run_dir: Path) -> _Compiled
     outcome = run_watched(
         ["latex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", "doc.tex"],
         cwd=run_dir,
+        workdir=ctx.workdir,
         timeout=ctx.timeout,
         progress=_PAGE_DONE,
         items=len(formulas),
         startup=STARTUP_SECONDS,
-        env=renderer_env(ctx.workdir),
+        env=renderer_env(ctx.workdir, TEX_ENV),
         cancel=ctx.cancel,
     )
     if outcome.cancelled:
@@ -147,8 +212,9 @@ def _rasterize(count: int, ctx: BatchContext, run_dir: Path) -> list[Raw]:
             "doc.dvi",
         ],
         cwd=run_dir,
+        workdir=ctx.workdir,
         timeout=ctx.timeout + 0.05 * count,
-        env=renderer_env(ctx.workdir),
+        env=renderer_env(ctx.workdir, TEX_ENV),
         cancel=ctx.cancel,
     )
     message = clip(next((ln for ln in outcome.output.splitlines() if ln.strip()), ""))
@@ -167,7 +233,9 @@ def _rasterize(count: int, ctx: BatchContext, run_dir: Path) -> list[Raw]:
 def render_batch(formulas: list[str], ctx: BatchContext) -> list[Raw]:
     """Render each formula (see the module docstring for how a batch is split on failure)."""
     results: dict[int, Raw] = {}
-    pending = collections.deque([list(range(len(formulas)))])
+    alone = [i for i, formula in enumerate(formulas) if needs_own_document(formula)]
+    shared = [i for i in range(len(formulas)) if i not in set(alone)]
+    pending = collections.deque(([shared] if shared else []) + [[i] for i in alone])
     runs = 0
     while pending:
         batch = pending.popleft()

@@ -49,6 +49,7 @@ PREAMBLE = f"""\\version "2.24.0"
   ragged-right = ##t
   ragged-last = ##t
   ragged-bottom = ##t
+  page-breaking = #ly:one-page-breaking
   print-page-number = ##f
   oddHeaderMarkup = ##f
   evenHeaderMarkup = ##f
@@ -59,6 +60,7 @@ PREAMBLE = f"""\\version "2.24.0"
 _PREAMBLE_LINES = PREAMBLE.count("\n")
 _PROCESSING = re.compile(r"^Processing `(?:.*/)?(m\d+)\.ly'", re.MULTILINE)
 _ERROR = re.compile(r"^(?:.*/)?(m\d+)\.ly:(\d+):(\d+): (?:fatal )?error: (.*)$", re.MULTILINE)
+_ANY_ERROR = re.compile(r"^\S.*?:\d+:\d+: (?:fatal )?error: (.*)$", re.MULTILINE)
 _FAILED = re.compile(r"failed files: (.*)$", re.MULTILINE)
 
 
@@ -108,6 +110,7 @@ def _run(markups: list[str], ctx: BatchContext, run_dir: Path) -> tuple[dict[int
             *[f"{s}.ly" for s in stems],
         ],
         cwd=run_dir,
+        workdir=ctx.workdir,
         timeout=ctx.timeout,
         progress=_PROCESSING,
         items=len(markups),
@@ -134,6 +137,11 @@ def _run(markups: list[str], ctx: BatchContext, run_dir: Path) -> tuple[dict[int
         elif pages:
             settled[n] = open_image(pages[0], "lilypond output")
     if len(markups) == 1 and 0 not in settled:
+        # the file may have renamed itself (\sourcefilename): any error line is its error
+        error = _ANY_ERROR.search(outcome.output)
+        if error:
+            settled[0] = Raw(error=clip(f"error: {error.group(1)}"))
+            return settled, "done", last
         lines = [ln for ln in outcome.output.splitlines() if ln.strip()]
         tail = f"; last output: {lines[-1]}" if lines else ""
         settled[0] = Raw(

@@ -1,24 +1,96 @@
-"""Running an external renderer under a watchdog.
+"""Running an external renderer: in a sandbox, under a watchdog, dying with its parent.
 
-Renderers are separate processes (``latex``, ``lilypond``, ``wkhtmltoimage``, a Python worker for
-RDKit). Each runs in its own process group, so that killing it also kills its children (LilyPond
-starts Ghostscript, for instance). A batch that renders many items reports its progress on its
-output; the watchdog restarts the per-item clock whenever progress shows, and kills the whole group
-when one item takes longer than the timeout. That is what makes a per-item timeout possible for a
-batch of many items.
+Renderers are separate processes (``latex``, ``dvipng``, ``lilypond``, ``wkhtmltoimage``, a
+Python worker for RDKit), and the markup they read is untrusted: LilyPond runs any Scheme code
+in its input, TeX reads any file it is pointed at, wkhtmltoimage fetches remote images. So every
+renderer runs in a sandbox made by bubblewrap (``bwrap``, Debian package ``bubblewrap``): no
+network, a private PID, IPC, UTS and (where possible) user namespace, the system visible read-only,
+home directories and other places that hold people's files or the machine's secrets hidden
+behind empty read-only directories, the files that name the machine replaced, and only the
+batch's own work directory (plus a private, size-limited ``/tmp`` that vanishes with it)
+writable. The renderer also gets a small environment of its own, not this process's (which may
+hold tokens). There is no switch to turn the sandbox off: where bwrap is missing or cannot run,
+rendering stops with a RenderError that says so (``check_sandbox``).
+
+Each renderer runs in its own process group, so that killing it also kills its children
+(LilyPond starts Ghostscript, for instance). A batch that renders many items reports its
+progress on its output; the watchdog restarts the per-item clock whenever progress shows, and
+kills the whole group when one item takes longer than the timeout. That is what makes a per-item
+timeout possible for a batch of many items.
+
+Renderers die with this process: bwrap's ``--die-with-parent`` kills the sandbox when the thread
+that started it ends, however this process ends (even by SIGKILL), and ``stop_on_signal`` kills
+every running renderer group at once on SIGTERM or SIGINT before this process stops.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from markup2im.errors import RenderError
+
+SANDBOX_PROGRAM = "bwrap"
+SANDBOX_INSTALL = "install the Debian package bubblewrap (`apt-get install bubblewrap`)"
+SANDBOX_HOSTNAME = "sandbox"  # what the host name reads as inside the sandbox
+TMP_BYTES = 512 * 1024 * 1024  # the sandbox's private /tmp is memory: bound it
+
+# Directories shown empty and read-only inside the sandbox: homes, runtime state (sockets,
+# secrets mounted by container runtimes), logs, mail, spools, backups (shadow copies), host keys
+# and other places where people keep files. The user's own $HOME is added when it lies elsewhere.
+HIDDEN_DIRS = (
+    "/root",
+    "/home",
+    "/run",
+    "/var/tmp",
+    "/var/log",
+    "/var/mail",
+    "/var/spool",
+    "/var/backups",
+    "/etc/ssh",
+    "/etc/ssl/private",
+    "/mnt",
+    "/media",
+    "/srv",
+)
+# Files replaced inside the sandbox: those that name the machine (an image or an error message
+# must not carry the host name) and the password hashes (readable when the renderer runs as root).
+_LOCALHOST = "127.0.0.1 localhost\n::1 localhost\n"
+MASKED_FILES: dict[str, str] = {
+    "/etc/hostname": f"{SANDBOX_HOSTNAME}\n",
+    "/etc/hosts": _LOCALHOST,
+    "/etc/mailname": f"{SANDBOX_HOSTNAME}\n",
+    "/etc/machine-id": "0" * 32 + "\n",
+    "/var/lib/dbus/machine-id": "0" * 32 + "\n",
+    "/etc/shadow": "",
+    "/etc/shadow-": "",
+    "/etc/gshadow": "",
+    "/etc/gshadow-": "",
+}
+# The only variables a renderer inherits (plus those starting with these prefixes): where
+# programs and libraries are, and nothing else of this process's environment.
+_KEPT_VARIABLES = (
+    "PATH",
+    "LD_LIBRARY_PATH",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "TZ",
+    "SOURCE_DATE_EPOCH",
+)
+_KEPT_PREFIXES = ("TEXMF", "LILYPOND_")
 
 
 @dataclass(frozen=True)
@@ -34,17 +106,205 @@ class Outcome:
 
 
 def renderer_env(workdir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for renderer processes: English messages, a private runtime dir."""
-    env = dict(os.environ)
+    """Environment for renderer processes: English messages, home and runtime dir in ``workdir``.
+
+    Only the variables that locate programs and libraries are passed on (see
+    ``_KEPT_VARIABLES``): a renderer that can run code (LilyPond's Scheme) could otherwise
+    print a token from this process's environment into an image.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key in _KEPT_VARIABLES or key.startswith(_KEPT_PREFIXES)
+    }
     env["LC_ALL"] = "C.UTF-8"
     env["LANG"] = "C.UTF-8"
-    env.pop("LANGUAGE", None)
+    env["HOME"] = str(workdir)
+    env["TMPDIR"] = "/tmp"
     runtime = workdir / ".runtime"
     runtime.mkdir(mode=0o700, exist_ok=True)
     env["XDG_RUNTIME_DIR"] = str(runtime)
     if extra:
         env.update(extra)
     return env
+
+
+# ---- the sandbox --------------------------------------------------------------------------------
+
+
+def _under(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def _hidden_dirs() -> list[Path]:
+    dirs = [Path(d) for d in HIDDEN_DIRS]
+    home = Path(os.path.expanduser("~")).resolve()
+    system = [Path(p) for p in ("/usr", "/etc", "/bin", "/lib", "/tmp")]
+    # a $HOME that holds the system (``/``) or is already hidden is left as it is
+    if not any(_under(s, home) or _under(home, s) for s in system) and not any(
+        _under(home, d) for d in dirs
+    ):
+        dirs.append(home)
+    return [d for d in dirs if d.is_dir() and not d.is_symlink()]
+
+
+def _code_dirs() -> list[Path]:
+    """This Python and this package's code: read-only inside the sandbox even under a hidden dir."""
+    package_root = Path(__file__).resolve().parents[3]  # the directory holding markup2im/
+    return [Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), package_root]
+
+
+def sandbox_argv(
+    cmd: Sequence[str], *, workdir: Path, cwd: Path, mask_fds: Mapping[str, int]
+) -> list[str]:
+    """The bwrap command line that runs ``cmd`` in ``cwd`` with only ``workdir`` writable.
+
+    ``mask_fds`` maps each file to replace (``MASKED_FILES``) to a readable descriptor of its
+    replacement content (see ``_mask_descriptors``).
+    """
+    workdir = workdir.resolve()
+    hidden = _hidden_dirs()
+    argv = [
+        SANDBOX_PROGRAM,
+        "--die-with-parent",
+        "--unshare-all",  # no network; own PID, IPC, UTS, cgroup (and user) namespaces
+        "--hostname",
+        SANDBOX_HOSTNAME,
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--size",
+        str(TMP_BYTES),
+        "--tmpfs",
+        "/tmp",
+    ]
+    for directory in hidden:
+        argv += ["--tmpfs", str(directory)]
+    for path, fd in mask_fds.items():
+        argv += ["--ro-bind-data", str(fd), path]
+    for directory in _code_dirs():
+        if directory.is_dir() and any(_under(directory, h) for h in hidden):
+            argv += ["--ro-bind", str(directory), str(directory)]
+    argv += ["--bind", str(workdir), str(workdir)]
+    # read-only last: bwrap makes the mount points of the binds above inside these first
+    for directory in hidden:
+        argv += ["--remount-ro", str(directory)]
+    argv += ["--chdir", str(cwd.resolve()), "--", *cmd]
+    return argv
+
+
+def _mask_descriptors() -> dict[str, int]:
+    """A descriptor holding the replacement content of each masked file that exists here."""
+    fds: dict[str, int] = {}
+    for path, content in MASKED_FILES.items():
+        if os.path.lexists(path):
+            fd = os.memfd_create("markup2im-mask")
+            os.write(fd, content.encode())
+            os.lseek(fd, 0, os.SEEK_SET)
+            fds[path] = fd
+    return fds
+
+
+def check_sandbox() -> None:
+    """Raise RenderError when bwrap is missing or cannot make a sandbox on this machine."""
+    path = shutil.which(SANDBOX_PROGRAM)
+    if path is None:
+        raise RenderError(
+            "renderers run in a sandbox made by bubblewrap, but `bwrap` is not on PATH; "
+            f"{SANDBOX_INSTALL}"
+        )
+    _probe(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(path: str) -> None:
+    """Start ``true`` in the sandbox once per bwrap found (a failure is not cached)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="markup2im-sandbox-") as tmp:
+        fds = _mask_descriptors()
+        try:
+            argv = sandbox_argv(["true"], workdir=Path(tmp), cwd=Path(tmp), mask_fds=fds)
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=60,
+                pass_fds=list(fds.values()),
+                start_new_session=True,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RenderError(f"cannot start the renderer sandbox ({path}): {exc}") from exc
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+    if proc.returncode != 0:
+        message = proc.stderr.decode("utf-8", errors="replace").strip() or (
+            f"exit status {proc.returncode}"
+        )
+        raise RenderError(
+            f"the renderer sandbox (bubblewrap, {path}) cannot run here: {message}. bwrap needs "
+            "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 and "
+            "user.max_user_namespaces > 0) or root; in a container, allow namespaces (e.g. "
+            "docker run --security-opt seccomp=unconfined) or run as root"
+        )
+
+
+# ---- renderers die with this process ----------------------------------------------------------
+
+_LIVE: dict[int, subprocess.Popen[bytes]] = {}  # pid -> running renderer (its group id)
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_all() -> None:
+    """Kill the process group of every renderer this process is running."""
+    with _LIVE_LOCK:
+        pids = list(_LIVE)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def stop_on_signal(cancel: threading.Event) -> Iterator[None]:
+    """While inside: on SIGTERM or SIGINT, set ``cancel``, kill all renderers, then stop.
+
+    Stopping is what the signal did before (KeyboardInterrupt for SIGINT, a previous handler
+    if one was installed), or ``SystemExit(128 + signal)`` for SIGTERM's default, which unwinds
+    so that temporary directories are removed. Signals that were ignored stay ignored. Only the
+    main thread can handle signals; elsewhere this does nothing (``--die-with-parent`` still
+    ends the renderers when this process dies).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, object] = {}
+
+    def handler(signum: int, frame: object) -> None:
+        cancel.set()
+        kill_all()
+        before = previous.get(signum)
+        if callable(before):
+            before(signum, frame)
+        else:
+            raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        before = signal.getsignal(signum)
+        if before in (signal.SIG_IGN, None):
+            continue
+        previous[signum] = before
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, before)  # type: ignore[arg-type]
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -55,11 +315,15 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+# ---- the watchdog ------------------------------------------------------------------------------
+
+
 def run_watched(
     cmd: Sequence[str],
     *,
     cwd: Path,
     timeout: float,
+    workdir: Path | None = None,
     progress: re.Pattern[str] | None = None,
     items: int = 1,
     startup: float = 0.0,
@@ -67,26 +331,39 @@ def run_watched(
     cancel: threading.Event | None = None,
     stdin_path: Path | None = None,
 ) -> Outcome:
-    """Run ``cmd`` in ``cwd``; kill its process group when it stalls.
+    """Run ``cmd`` in ``cwd`` in the sandbox (``workdir`` writable, default ``cwd``).
 
-    Without ``progress`` the process gets ``timeout`` seconds in all. With ``progress`` (a regex
-    matched against the output; each new match is one finished item) it gets ``timeout`` seconds
-    per item: the clock restarts at every new match, and the whole run is capped at
-    ``startup + timeout * (items + 1)`` so that output that never stops cannot keep it alive.
-    ``startup`` is extra time for the first match only (starting LilyPond alone takes seconds).
+    The process group is killed when it stalls. Without ``progress`` the process gets
+    ``timeout`` seconds in all. With ``progress`` (a regex matched against the output; each new
+    match is one finished item) it gets ``timeout`` seconds per item: the clock restarts at
+    every new match, and the whole run is capped at ``startup + timeout * (items + 1)`` so that
+    output that never stops cannot keep it alive. ``startup`` is extra time for the first match
+    only (starting LilyPond alone takes seconds).
     """
-    log_path = cwd / f".{Path(cmd[0]).name}-{time.monotonic_ns()}.out"
+    workdir = workdir or cwd
+    log_path = workdir / f".{Path(cmd[0]).name}-{time.monotonic_ns()}.out"
     start = time.monotonic()
-    with open(log_path, "wb") as log, open(stdin_path or os.devnull, "rb") as stdin:
-        proc = subprocess.Popen(
-            list(cmd),
-            cwd=cwd,
-            stdin=stdin,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,
-        )
+    if cancel is not None and cancel.is_set():
+        return Outcome(None, False, True, "", 0, 0.0)
+    fds = _mask_descriptors()
+    try:
+        argv = sandbox_argv(cmd, workdir=workdir, cwd=cwd, mask_fds=fds)
+        with open(log_path, "wb") as log, open(stdin_path or os.devnull, "rb") as stdin:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=stdin,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else renderer_env(workdir),
+                start_new_session=True,
+                pass_fds=list(fds.values()),
+            )
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    with _LIVE_LOCK:
+        _LIVE[proc.pid] = proc
     timed_out = cancelled = False
     seen = 0
     try:
@@ -123,6 +400,11 @@ def run_watched(
     except BaseException:
         _kill_group(proc)
         raise
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.pop(proc.pid, None)
+    if cancel is not None and cancel.is_set() and proc.returncode != 0:
+        cancelled = True  # killed by ``stop_on_signal`` (or cancelled as it ended)
     output = _read(log_path)
     log_path.unlink(missing_ok=True)
     if progress is not None:

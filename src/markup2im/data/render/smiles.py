@@ -65,6 +65,7 @@ def render_batch(markups: list[str], ctx: BatchContext) -> list[Raw]:
                 str(ctx.height),
             ],
             cwd=run_dir,
+            workdir=ctx.workdir,
             timeout=ctx.timeout,
             progress=_PROGRESS,
             items=len(batch),
