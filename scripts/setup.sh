@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Set up everything markup2im needs on a fresh Debian machine, once; later calls return at once.
 #
-#   scripts/setup.sh          renderers (apt) + .venv with the pinned Python packages
-#   scripts/setup.sh --test   also what the tests need: Chromium (report test), Slurm + MariaDB (slurm test)
+#   scripts/setup.sh          renderers and their sandbox (apt) + .venv with the pinned Python packages
+#   scripts/setup.sh --test   also what the tests need: Chromium (report test), Slurm + MariaDB (slurm test),
+#                             LilyPond's documentation examples (music test)
 #
 # Debian packages are installed with apt-get when running as root; otherwise the missing ones are
 # listed with the command to install them. Python packages go into .venv from requirements-lock.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RENDER_PKGS=(texlive-latex-base texlive-latex-recommended dvipng wkhtmltopdf lilypond fonts-dejavu-core make)
-TEST_PKGS=(chromium slurmctld slurmd slurm-client slurmdbd munge mariadb-server)
+RENDER_PKGS=(texlive-latex-base texlive-latex-recommended dvipng wkhtmltopdf lilypond fonts-dejavu-core bubblewrap make)
+# lilypond-doc-html: LilyPond's documentation examples, real scores for the music renderer's test
+TEST_PKGS=(chromium slurmctld slurmd slurm-client slurmdbd munge mariadb-server lilypond-doc-html)
 
 want=("${RENDER_PKGS[@]}")
 if [[ "${1:-}" == "--test" ]]; then want+=("${TEST_PKGS[@]}"); fi

@@ -4,7 +4,10 @@ One renderer module per domain (``latex``, ``html``, ``lilypond``, ``smiles``) t
 markups into raw images; this module spreads batches over worker threads (each batch is one or a
 few renderer processes, so threads suffice), fits every image onto the domain's canvas
 (``canvas.fit_to_canvas``), and records every item: a failed item keeps the renderer's own
-first error line, a hanging renderer is killed after the per-item timeout, and the rest goes on.
+first error line, a hanging renderer is killed after the per-item timeout, a rendering too small
+to read once fitted fails, and the rest goes on. Every renderer process runs in a sandbox
+(``process.py``); rendering refuses to start where the sandbox cannot run, and SIGTERM or SIGINT
+kill every renderer before this process stops.
 
 Identical markups are rendered once. File names are a hash of the markup (10 hex digits, like
 the hub's ``433d71b530.png``); a repeated markup or a hash collision gets a name derived from the
@@ -31,8 +34,8 @@ from types import ModuleType
 
 from markup2im.atomic import atomic_path, write_text
 from markup2im.data.render.base import BatchContext
-from markup2im.data.render.process import check_sandbox, stop_on_signal
 from markup2im.data.render.canvas import BlankImageError, TooSmallError, fit_to_canvas, png_bytes
+from markup2im.data.render.process import check_sandbox, stop_on_signal
 from markup2im.errors import RenderError
 from markup2im.presets import DomainSpec, get_domain
 

@@ -4,7 +4,8 @@ The markup is placed in a page whose style sheet fixes the font (DejaVu Sans, fr
 fonts-dejavu-core), its size, black text and white margins, so that the image depends on the
 markup only and not on the machine's default fonts. A complete document (with ``<html>``) gets the
 same style sheet first, and its own styles still apply after it. JavaScript is off: pages are
-static and cannot loop.
+static and cannot loop. Remote images and style sheets are never fetched: the renderer's sandbox
+has no network (``file://`` is refused by wkhtmltoimage itself).
 """
 
 from __future__ import annotations

@@ -2,7 +2,12 @@
 
 Each markup is a LilyPond source. A preamble placed before it sets a small staff, a wide short page,
 no indent, no headers, footers, page numbers or tagline, so that a short melody lands on one staff
-that fits 448 x 192. Settings in the markup itself come later and win.
+that fits 448 x 192. A longer score goes on one page as tall as its music
+(``ly:one-page-breaking``, which also ignores ``\\pageBreak``), and is cropped and fitted like any
+rendering. Settings in the markup itself come later and win; a score that they still spread over
+several pages (its own page breaking, book parts), or that crashes LilyPond's one-page breaking,
+is compiled again with LilyPond's own page breaking and ``-dcrop``, which draws the ink of all
+its pages as one image.
 
 One ``lilypond`` call takes many files (starting LilyPond costs about 2 s, a file about 0.35 s).
 LilyPond names the files it could not compile ("failed files: ...") and prints ``file:line:col:
@@ -35,6 +40,7 @@ STAFF_SIZE = 16  # points; LilyPond's default is 20
 # so the per-item clock only starts after it, and starting up gets its own allowance.
 STARTUP_SECONDS = 60.0
 
+_ONE_PAGE = "  page-breaking = #ly:one-page-breaking\n"
 PREAMBLE = f"""\\version "2.24.0"
 #(set-global-staff-size {STAFF_SIZE})
 \\header {{ tagline = ##f }}
@@ -49,7 +55,7 @@ PREAMBLE = f"""\\version "2.24.0"
   ragged-right = ##t
   ragged-last = ##t
   ragged-bottom = ##t
-  page-breaking = #ly:one-page-breaking
+  {_ONE_PAGE.strip()}
   print-page-number = ##f
   oddHeaderMarkup = ##f
   evenHeaderMarkup = ##f
@@ -69,9 +75,12 @@ def check_available() -> None:
     require_programs("lilypond", install="install the Debian package lilypond")
 
 
-def source(markup: str) -> str:
-    """The full LilyPond file for ``markup``."""
-    return PREAMBLE + markup + "\n"
+def source(markup: str, one_page: bool = True) -> str:
+    """The full LilyPond file for ``markup`` (``one_page=False``: LilyPond's own page breaking)."""
+    preamble = (
+        PREAMBLE if one_page else PREAMBLE.replace(_ONE_PAGE, "% " + _ONE_PAGE.strip() + "\n")
+    )
+    return preamble + markup + "\n"
 
 
 def _errors(output: str) -> dict[str, str]:
@@ -92,21 +101,29 @@ def _pages(run_dir: Path, stem: str) -> list[Path]:
     return sorted(run_dir.glob(f"{stem}-page*.png"))
 
 
-def _run(markups: list[str], ctx: BatchContext, run_dir: Path) -> tuple[dict[int, Raw], str, int]:
+def _run(
+    markups: list[str], ctx: BatchContext, run_dir: Path, crop: bool
+) -> tuple[dict[int, Raw], list[int], str, int]:
     """Compile ``markups`` in one call.
 
-    Returns the settled items, the run's status and the index of the last file LilyPond started.
+    Without ``crop`` the music goes on one page as tall as it needs; with ``crop``, LilyPond
+    breaks pages as it likes and ``-dcrop`` draws the ink of all of them as one image. Returns
+    the settled items, those to compile again with ``crop`` (music that still spread over pages,
+    or a file that crashed LilyPond alone), the run's status and the index of the last file
+    LilyPond started.
     """
     run_dir.mkdir()
     stems = [f"m{n}" for n in range(len(markups))]
     for stem, markup in zip(stems, markups, strict=True):
-        (run_dir / f"{stem}.ly").write_text(source(markup), encoding="utf-8", errors="replace")
+        text = source(markup, one_page=not crop)
+        (run_dir / f"{stem}.ly").write_text(text, encoding="utf-8", errors="replace")
     outcome = run_watched(
         [
             "lilypond",
             "--png",
             f"-dresolution={RESOLUTION}",
             "-dno-point-and-click",
+            *(["-dcrop"] if crop else []),
             *[f"{s}.ly" for s in stems],
         ],
         cwd=run_dir,
@@ -121,63 +138,83 @@ def _run(markups: list[str], ctx: BatchContext, run_dir: Path) -> tuple[dict[int
     started = _PROCESSING.findall(outcome.output)
     last = stems.index(started[-1]) if started else 0
     if outcome.cancelled:
-        return {}, "cancelled", last
+        return {}, [], "cancelled", last
     if outcome.timed_out:
-        return {last: Raw(error=timeout_error(ctx.timeout))}, "timeout", last
+        return {last: Raw(error=timeout_error(ctx.timeout))}, [], "timeout", last
     errors = _errors(outcome.output)
     failed_match = _FAILED.search(outcome.output)
     failed = set(re.findall(r"(m\d+)\.ly", failed_match.group(1))) if failed_match else set()
     settled: dict[int, Raw] = {}
+    spread: list[int] = []
     for n, stem in enumerate(stems):
         pages = _pages(run_dir, stem)
+        cropped = run_dir / f"{stem}.cropped.png"
         if stem in failed or stem in errors:
             settled[n] = Raw(error=errors.get(stem, "lilypond reported this file as failed"))
+        elif crop and cropped.is_file():
+            settled[n] = open_image(cropped, "lilypond output")
+        elif len(pages) > 1 and not crop:
+            spread.append(n)
         elif len(pages) > 1:
             settled[n] = Raw(error=f"music spans {len(pages)} pages; a markup must fit one page")
         elif pages:
             settled[n] = open_image(pages[0], "lilypond output")
-    if len(markups) == 1 and 0 not in settled:
-        # the file may have renamed itself (\sourcefilename): any error line is its error
-        error = _ANY_ERROR.search(outcome.output)
-        if error:
-            settled[0] = Raw(error=clip(f"error: {error.group(1)}"))
-            return settled, "done", last
-        lines = [ln for ln in outcome.output.splitlines() if ln.strip()]
-        tail = f"; last output: {lines[-1]}" if lines else ""
-        settled[0] = Raw(
-            error=clip(
-                f"lilypond stopped (exit status {outcome.returncode}) without an image{tail}"
-            )
-        )
-    return settled, "done", last
+    if len(markups) == 1 and not settled and not spread:
+        crashed = outcome.returncode is not None and outcome.returncode > 128
+        if crashed and not crop:  # one-page breaking has crashed LilyPond 2.24 (breakbefore)
+            spread.append(0)
+        else:
+            settled[0] = Raw(error=_no_image(outcome.output, outcome.returncode))
+    return settled, spread, "done", last
+
+
+def _no_image(output: str, returncode: int | None) -> str:
+    """Why the one file of a run left no image."""
+    error = _ANY_ERROR.search(output)  # the file may have renamed itself (\sourcefilename)
+    if error:
+        return clip(f"error: {error.group(1)}")
+    if returncode == 0:
+        return "lilypond wrote no image: the input typesets nothing"
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    tail = f"; last output: {lines[-1]}" if lines else ""
+    how = (
+        f"crashed (signal {returncode - 128})"
+        if returncode is not None and returncode > 128
+        else f"stopped (exit status {returncode})"
+    )
+    return clip(f"lilypond {how} without an image{tail}")
 
 
 def render_batch(markups: list[str], ctx: BatchContext) -> list[Raw]:
     """Render each LilyPond source (see the module docstring for failures within a batch)."""
     results: dict[int, Raw] = {}
-    pending = collections.deque([list(range(len(markups)))])
+    pending = collections.deque([(list(range(len(markups))), False)])
     runs = 0
     while pending:
-        batch = pending.popleft()
+        batch, crop = pending.popleft()
         runs += 1
-        settled, status, last = _run([markups[i] for i in batch], ctx, ctx.workdir / f"run{runs}")
+        settled, spread, status, last = _run(
+            [markups[i] for i in batch], ctx, ctx.workdir / f"run{runs}", crop
+        )
         if status == "cancelled":
-            for i in batch + [i for b in pending for i in b]:
+            for i in batch + [i for b, _ in pending for i in b]:
                 results[i] = Raw(error="cancelled")
             break
         for n, raw in settled.items():
             results[batch[n]] = raw
-        rest = [n for n in range(len(batch)) if n not in settled]
+        if spread:  # once more, cropped to the ink of all its pages
+            pending.append(([batch[n] for n in spread], True))
+        rest = [n for n in range(len(batch)) if n not in settled and n not in spread]
         if not rest:
             continue
         if status == "timeout":
-            pending.append([batch[n] for n in rest])
+            pending.append(([batch[n] for n in rest], crop))
             continue
         # LilyPond stopped without naming these files (it crashed or exited): the file it was
         # working on is compiled alone, the others together again
         suspect = last if last in rest else rest[0]
-        pending.append([batch[suspect]])
+        pending.append(([batch[suspect]], crop))
         others = [batch[n] for n in rest if n != suspect]
         if others:
-            pending.append(others)
+            pending.append((others, crop))
     return [results[i] for i in range(len(markups))]

@@ -140,8 +140,8 @@ def _hidden_dirs() -> list[Path]:
     dirs = [Path(d) for d in HIDDEN_DIRS]
     home = Path(os.path.expanduser("~")).resolve()
     system = [Path(p) for p in ("/usr", "/etc", "/bin", "/lib", "/tmp")]
-    # a $HOME that holds the system (``/``) or is already hidden is left as it is
-    if not any(_under(s, home) or _under(home, s) for s in system) and not any(
+    # a $HOME that holds the system (``/``), lies in it, or is already hidden is left as it is
+    if not any(_under(p, home) or _under(home, p) for p in system) and not any(
         _under(home, d) for d in dirs
     ):
         dirs.append(home)
@@ -168,6 +168,9 @@ def sandbox_argv(
         SANDBOX_PROGRAM,
         "--die-with-parent",
         "--unshare-all",  # no network; own PID, IPC, UTS, cgroup (and user) namespaces
+        # the renderer itself is PID 1 of its namespace: its CPU time is then accounted to this
+        # process (bwrap's own PID 1 would not wait for it), and its end ends the namespace
+        "--as-pid-1",
         "--hostname",
         SANDBOX_HOSTNAME,
         "--ro-bind",
@@ -185,7 +188,7 @@ def sandbox_argv(
     for directory in hidden:
         argv += ["--tmpfs", str(directory)]
     for path, fd in mask_fds.items():
-        argv += ["--ro-bind-data", str(fd), path]
+        argv += ["--perms", "0644", "--ro-bind-data", str(fd), path]
     for directory in _code_dirs():
         if directory.is_dir() and any(_under(directory, h) for h in hidden):
             argv += ["--ro-bind", str(directory), str(directory)]
@@ -201,7 +204,7 @@ def _mask_descriptors() -> dict[str, int]:
     """A descriptor holding the replacement content of each masked file that exists here."""
     fds: dict[str, int] = {}
     for path, content in MASKED_FILES.items():
-        if os.path.lexists(path):
+        if os.path.isfile(path) and not os.path.islink(path):  # a link's target is listed
             fd = os.memfd_create("markup2im-mask")
             os.write(fd, content.encode())
             os.lseek(fd, 0, os.SEEK_SET)
@@ -220,7 +223,7 @@ def check_sandbox() -> None:
     _probe(path)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe(path: str) -> None:
     """Start ``true`` in the sandbox once per bwrap found (a failure is not cached)."""
     import tempfile
