@@ -52,4 +52,5 @@ rule all:
     default_target: True
     input:
         final_targets,
+        model_targets,
         gif_targets,

@@ -201,10 +201,15 @@ def trained_methods(dataset: str) -> list[str]:
     return [m for m in METHODS if not is_released(dataset, m)]
 
 
-def model_dir(wildcards) -> str:
+def model_path(dataset: str, method: str) -> str:
     """The model directory of a run: trained here, or imported from a released checkpoint."""
-    stage = "released" if is_released(wildcards.dataset, wildcards.method) else "train"
-    return f"results/{wildcards.dataset}/{wildcards.method}/{stage}/model"
+    stage = "released" if is_released(dataset, method) else "train"
+    return f"results/{dataset}/{method}/{stage}/model"
+
+
+def model_dir(wildcards) -> str:
+    """The model directory of the {dataset} and {method} wildcards."""
+    return model_path(wildcards.dataset, wildcards.method)
 
 
 def released_checkpoint(wildcards) -> str:
@@ -308,7 +313,8 @@ def train_flags(wildcards) -> str:
         "prediction_type": model["prediction_type"],
         "train_encoder": model["train_encoder"],
         **ds["train"],
-        "resume": "latest",
+        # other settings or data: set the old checkpoints aside and train from scratch
+        "resume": "auto",
     }
     if wildcards.method == "scheduled_sampling":
         ss = config["scheduled_sampling"]
@@ -597,6 +603,13 @@ def final_targets(wildcards) -> list[str]:
         targets += paired_tables(wildcards)
         targets.append("results/summary/paired_table.csv")
     return targets
+
+
+def model_targets(wildcards) -> list[str]:
+    """Every run's model. Targets of their own: a model removed by an interrupted job (Ctrl-C
+    during `--forcerun train`) must be rebuilt even though everything made from it still
+    exists, and Snakemake builds a missing intermediate only when a target needs it."""
+    return [model_path(d, m) for d in DATASETS for m in METHODS]
 
 
 def gif_targets(wildcards) -> list[str]:

@@ -2,9 +2,11 @@
 or, for the methods of a dataset's `released` entry, the import of the authors' released checkpoint.
 
 The run directory (results/{dataset}/{method}/train) also holds checkpoints/ and the command's own
-train_log.csv. They are not outputs, so a failed or preempted job keeps them and its rerun resumes
-from the last checkpoint (--resume latest); after a successful run the checkpoints are removed so
-that a later rerun (changed settings or data) starts afresh.
+train_log.csv. They are not outputs, so a failed, preempted or interrupted (Ctrl-C) job keeps them
+and its rerun resumes from the last checkpoint; with --resume auto, checkpoints of other settings
+or data are moved to checkpoints.stale-<date>-<time> and training starts afresh. After a
+successful run the checkpoints are removed. The models are also targets of `rule all`, so a plain
+rerun rebuilds one that an interrupted job removed.
 """
 
 

@@ -109,7 +109,7 @@ def test_offline_encoder_same_in_a_fresh_process(offline):
         "print(repr(h.double().sum().item()), repr(h.double().abs().sum().item()))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600
     )
     hidden, _ = offline(MARKUPS)
     expected = f"{hidden.double().sum().item()!r} {hidden.double().abs().sum().item()!r}"
@@ -199,6 +199,50 @@ def test_save_and_reload_gives_identical_encoding(tmp_path, gpt_neo_dir, offline
         assert back.name == enc.name and back.end_token_id == enc.end_token_id
 
 
+def _roberta_dir(root: Path) -> Path:
+    """A tiny RoBERTa (ChemBERTa's architecture and tokenizer type), saved like a hub model."""
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({c: 4 + i for i, c in enumerate("CNOc1()=")})
+    root.mkdir(parents=True)
+    (root / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (root / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    tokenizer = RobertaTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    config = RobertaConfig(
+        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=40, pad_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model_dir = root / "model"
+    RobertaModel(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.mark.parametrize("kind", ["offline", "gpt-neo", "roberta"])
+def test_a_saved_encoder_needs_every_file_it_wrote(tmp_path, gpt_neo_dir, offline, kind):
+    """The record lists what each tokenizer type saved (ByT5: added_tokens.json; GPT-Neo and
+    RoBERTa: tokenizer.json); without one of them loading stops instead of guessing."""
+    import shutil
+
+    source = {"offline": lambda: offline, "gpt-neo": lambda: str(gpt_neo_dir),
+              "roberta": lambda: str(_roberta_dir(tmp_path / "roberta"))}[kind]()  # fmt: skip
+    enc = source if isinstance(source, MarkupEncoder) else MarkupEncoder.load(source, 16)
+    target = tmp_path / "saved"
+    enc.save_pretrained(target)
+    files = json.loads((target / "markup2im_encoder.json").read_text())["files"]
+    own = "added_tokens.json" if kind == "offline" else "tokenizer.json"
+    assert {"config.json", "model.safetensors", "tokenizer_config.json", own} <= set(files)
+    assert MarkupEncoder.from_pretrained(target).name == enc.name
+    for name in ("tokenizer_config.json", own):
+        broken = tmp_path / f"without-{name}"
+        shutil.copytree(target, broken)
+        (broken / name).unlink()
+        with pytest.raises(ModelError, match=f"{broken} is incomplete: missing {name}"):
+            MarkupEncoder.from_pretrained(broken)
+
+
 def test_hub_name_loads_from_the_hub_cache_when_offline(gpt_neo_dir, tmp_path, monkeypatch):
     """A hub id goes through the hub code path; offline, it is served from the cache."""
     import shutil
@@ -222,14 +266,22 @@ def test_hub_name_loads_from_the_hub_cache_when_offline(gpt_neo_dir, tmp_path, m
 
 
 def test_unreachable_hub_gives_hub_unavailable_quickly(monkeypatch):
+    """Quick without a wall clock: offline, no request is made, so nothing waits to retry."""
     import huggingface_hub.constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    start = time.monotonic()
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # retries back off with time.sleep
+        waits.append(seconds)
+        real_sleep(min(seconds, 0.01))
+
+    monkeypatch.setattr(time, "sleep", sleep)
     with pytest.raises(HubUnavailableError, match="local model directory.*'offline'"):
         MarkupEncoder.load("EleutherAI/gpt-neo-125M-not-cached-here", max_length=16)
-    assert time.monotonic() - start < 10
+    assert not [w for w in waits if w >= 0.5], waits
 
 
 def test_bad_local_paths(tmp_path):

@@ -147,6 +147,26 @@ def test_missing_or_incomplete_directory(saved, tmp_path):
     assert "encoder/model.safetensors" in message
 
 
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "added_tokens.json"])
+def test_a_missing_tokenizer_file_is_refused(saved, tmp_path, name):
+    """Without encoder/tokenizer_config.json the model loaded with a BertTokenizer guessed from
+    config.json, which encodes every markup as [UNK]: wrong images, exit 0."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(saved, copy)
+    (copy / "encoder" / name).unlink()
+    with pytest.raises(ModelError, match=f"{copy}.*incomplete: missing encoder/{name}"):
+        Markup2ImModel.from_pretrained(copy)
+
+
+def test_model_dir_that_is_a_file_is_named(tmp_path):
+    path = tmp_path / "model"
+    path.write_text("not a model\n")
+    with pytest.raises(ModelError, match=f"{path} is a file, not a directory"):
+        Markup2ImModel.from_pretrained(path)
+
+
 def test_bad_configs_are_config_errors():
     with pytest.raises(ConfigError, match="unknown model preset"):
         Markup2ImModel.from_config(

@@ -22,7 +22,14 @@ from markup2im.sampling import (
     sample,
 )
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads on a shared CPU; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def drawn_example(i: int) -> tuple[str, Image.Image]:
@@ -158,6 +165,40 @@ def test_generate_writes_images_gold_and_frames(tmp_path: Path, model_dir, datas
     # DDIM ends on the clipped x0 prediction of its last step: the last frame is the image
     last = pixels(out / "frames" / "test_1" / "step_0009.png").astype(int)
     assert np.abs(last - pixels(out / "images" / "test_1.png").astype(int)).max() <= 1
+
+
+def test_generate_into_a_used_directory_keeps_nothing_of_the_earlier_run(
+    tmp_path: Path, model_dir, dataset_dir
+) -> None:
+    """Old images used to stay beside the new ones, and evaluate scored them all."""
+    out = tmp_path / "out"
+    generate(model_dir, dataset_dir, out, limit=2, sampler="ddim", num_inference_steps=2,
+             frames_every=1, device="cpu")  # fmt: skip
+    for stale in ("images/old.png", "gold/old.png", "frames/old/step_0000.png"):
+        (out / stale).parent.mkdir(parents=True, exist_ok=True)
+        (out / stale).write_bytes(b"earlier run")
+    (out / "notes.txt").write_text("not ours\n")
+    generate(model_dir, dataset_dir, out, limit=1, sampler="ddim", num_inference_steps=2,
+             frames_every=1, device="cpu")  # fmt: skip
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["test_0.png"]
+    assert sorted(p.name for p in (out / "gold").iterdir()) == ["test_0.png"]
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["test_0"]
+    assert (out / "notes.txt").read_text() == "not ours\n"  # only the three directories go
+
+
+def test_zero_inference_steps_is_rejected(tmp_path: Path, model, model_dir, dataset_dir, capsys):
+    """0 used to mean "the sampler's default" (50 for DDIM) without a word."""
+    for sampler in SAMPLERS:
+        with pytest.raises(ConfigError, match="num_inference_steps must lie in 1..1000, got 0"):
+            make_scheduler(sampler, model.scheduler_config, 0)
+    with pytest.raises(SystemExit) as info:
+        cli_main(
+            ["generate", "--model-dir", str(model_dir), "--dataset-dir", str(dataset_dir),
+             "--output-dir", str(tmp_path / "o"), "--num-inference-steps", "0"]
+        )  # fmt: skip
+    assert info.value.code == 2
+    assert "--num-inference-steps: must be > 0, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_frames_for_unknown_file_is_rejected(tmp_path: Path, model_dir, dataset_dir) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import re
+import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
+from markup2im.cli import main as cli_main
 from markup2im.data.datasets import DatasetInfo, write_dataset_info
 from markup2im.errors import ConfigError, DataError, TrainingDivergedError
 from markup2im.training import (
@@ -29,8 +32,6 @@ from markup2im.training import (
     list_checkpoints,
     train,
 )
-
-torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {
@@ -77,6 +78,16 @@ def build_dataset(root: Path, sizes: dict[str, int], bad: dict[int, object] | No
     datasets.DatasetDict(splits).save_to_disk(str(root))
     write_dataset_info(root, DatasetInfo("tables", "html", 64, 64, 1))
     return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads on a shared CPU; restored afterwards, so
+    that other test modules keep their own setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -305,20 +316,59 @@ def test_corrupt_and_wrong_size_images_name_the_example(tmp_path: Path) -> None:
         train(tiny(wrong, tmp_path / "b"))
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, dataset_dir: Path) -> None:
+def max_weight(checkpoint: Path) -> float:
+    return max(float(t.abs().max()) for t in load_file(checkpoint / "model.safetensors").values())
+
+
+def test_nan_loss_says_what_to_run_and_that_command_works(
+    tmp_path: Path, dataset_dir: Path, capsys
+) -> None:
+    """After an absurd learning rate no checkpoint is sane (their weights are huge), the message
+    says so and gives a command; that command trains afresh. Before, every later run refused:
+    --resume latest for the changed learning rate, --resume none for the checkpoints."""
     out = tmp_path / "run"
-    with pytest.raises(TrainingDivergedError, match=r"step \d+") as info:
-        train(
-            tiny(dataset_dir, out, learning_rate=1e6, warmup_steps=0, checkpoint_every=1,
-                 max_steps=200, epochs=100)
-        )  # fmt: skip
-    checkpoints = list_checkpoints(out / "checkpoints")
-    assert checkpoints, "the checkpoints before the divergence are kept"
-    assert "last good checkpoint" in str(info.value)
-    for _, path in checkpoints:
-        for f in path.glob("*.safetensors"):
-            assert all(torch.isfinite(t).all() for t in load_file(f).values()), f
+    command = cli_train(dataset_dir, out, "--learning-rate", "1e6", "--warmup-steps", "0",
+                        "--checkpoint-every", "1", "--max-steps", "200")[3:]  # fmt: skip
+    assert cli_main(command) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert re.search(r"loss became (nan|inf)|weights became non-finite", err), err
+    assert "No checkpoint of this run is sane" in err, err
+    assert not list_checkpoints(out / "checkpoints")  # nothing left to resume by mistake
+    diverged = sorted((out / "checkpoints").glob("diverged-checkpoint-*"))
+    assert diverged and max_weight(diverged[0]) > 1e3  # what "last good" used to point at
     assert not (out / "model").exists()
+    suggested = shlex.split(err.rsplit("run:\n", 1)[1].strip().splitlines()[0])
+    assert suggested[:2] == ["markup2im", "train"]
+    assert suggested[-4:] == ["--learning-rate", "100000", "--resume", "auto"]
+    assert suggested.count("--learning-rate") == 1 and suggested.count("--resume") == 1
+    # the suggested command, with a learning rate that works (last flags win) and fewer steps
+    assert cli_main([*suggested[1:], "--learning-rate", "1e-3", "--max-steps", "3"]) == 0
+    assert (out / "model").is_dir()
+    (stale,) = out.glob("checkpoints.stale-*")
+    assert sorted(p.name for p in stale.glob("diverged-checkpoint-*")) == [p.name for p in diverged]
+    assert [int(r["step"]) for r in read_log(out / "train_log.csv")] == [1, 2, 3]
+
+
+def test_the_last_sane_checkpoint_is_named_and_kept(tmp_path: Path, dataset_dir: Path) -> None:
+    """Warm-up makes step 1's learning rate 0, so checkpoint-1 holds the initial weights; from
+    step 2 on the absurd rate ruins them. Pruning to one checkpoint still keeps checkpoint-1."""
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError) as info:
+        train(
+            tiny(dataset_dir, out, learning_rate=1e6, warmup_steps=2, checkpoint_every=1,
+                 checkpoints_total_limit=1, max_steps=200, epochs=100)
+        )  # fmt: skip
+    message = str(info.value)
+    assert f"The last sane checkpoint is {out / 'checkpoints' / 'checkpoint-1'}" in message
+    assert "--learning-rate 100000 --resume auto" in message
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [1]
+    assert max_weight(out / "checkpoints" / "checkpoint-1") < 100
+    diverged = list((out / "checkpoints").glob("diverged-checkpoint-*"))
+    assert diverged and all(max_weight(d) > 1e3 for d in diverged)
+    record = json.loads((out / "checkpoints" / "checkpoint-1" / "markup2im_train.json").read_text())
+    assert record["sane"] is True and math.isfinite(record["check_loss"])
+    assert record["check_loss"] <= 100 * record["running_loss"]
 
 
 def test_resume_mid_epoch_with_ema_equals_uninterrupted(tmp_path: Path, dataset_dir: Path) -> None:
@@ -340,46 +390,140 @@ def test_resume_mid_epoch_with_ema_equals_uninterrupted(tmp_path: Path, dataset_
     ]
 
 
-@pytest.mark.slow
-def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path: Path, dataset_dir: Path) -> None:
-    steps = ["--max-steps", "12", "--checkpoint-every", "3", "--checkpoints-total-limit", "2"]
-    whole = tmp_path / "whole"  # uninterrupted, in this process (same settings, one thread)
-    train(tiny(dataset_dir, whole, max_steps=12, checkpoint_every=3, checkpoints_total_limit=2))
+SIGNAL_RUN = dict(max_steps=40, checkpoint_every=5, checkpoints_total_limit=2)
 
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> Path:
+    """An uninterrupted run in this process (same settings as the signalled ones, one thread)."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    train(tiny(dataset_dir, out, **SIGNAL_RUN))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_then_resume_equals_uninterrupted_run(
+    tmp_path: Path, dataset_dir: Path, whole_run: Path, signum: int, status: int
+) -> None:
+    """SIGTERM (Slurm, `kill`) and SIGINT (Ctrl-C) both checkpoint; the resumed run ends with
+    the uninterrupted run's weights. The signal goes out on the first logged step, with the
+    trainer stopped meanwhile, so no timing decides where it lands."""
+    steps = ["--max-steps", "40", "--checkpoint-every", "5", "--checkpoints-total-limit", "2"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         cli_train(dataset_dir, killed, *steps), env=ENV, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 240
-    while not (killed / "checkpoints" / "checkpoint-3").is_dir():
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr
-    assert "interrupted by a signal" in stderr and "--resume latest" in stderr
+    try:
+        deadline = time.monotonic() + 600  # against a hang only
+        while (
+            not (killed / "train_log.csv").is_file() or len(read_log(killed / "train_log.csv")) < 1
+        ):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no logged step"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)  # the pending signal is handled after SIGCONT
+        proc.send_signal(signum)
+        proc.send_signal(signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == status, stderr
+    name = signal.Signals(signum).name
+    assert f"interrupted by a signal ({name})" in stderr and "--resume latest" in stderr
     assert not (killed / "model").exists()
     stopped_at = list_checkpoints(killed / "checkpoints")[-1][0]
-    assert 3 <= stopped_at < 12, "the signal should arrive mid-run"
+    assert stopped_at < 40, "the signal arrived after the last step"
     assert int(read_log(killed / "train_log.csv")[-1]["step"]) == stopped_at
 
-    train(
-        tiny(dataset_dir, killed, max_steps=12, checkpoint_every=3, checkpoints_total_limit=2,
-             resume="latest")
-    )  # fmt: skip
-    assert_same_weights(whole / "model", killed / "model")
+    train(tiny(dataset_dir, killed, resume="latest", **SIGNAL_RUN))
+    assert_same_weights(whole_run / "model", killed / "model")
     # the log continues without duplicate steps and equals the uninterrupted one
-    whole_rows, killed_rows = read_log(whole / "train_log.csv"), read_log(killed / "train_log.csv")
-    assert [r["step"] for r in killed_rows] == [str(s) for s in range(1, 13)]
+    whole_rows, killed_rows = (
+        read_log(whole_run / "train_log.csv"),
+        read_log(killed / "train_log.csv"),
+    )
+    assert [r["step"] for r in killed_rows] == [str(s) for s in range(1, 41)]
     assert [r["loss"] for r in killed_rows] == [r["loss"] for r in whole_rows]
     assert [r["m"] for r in killed_rows] == [r["m"] for r in whole_rows]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_resume_auto_sets_aside_checkpoints_of_other_settings_or_data(
+    tmp_path: Path, dataset_dir: Path
+) -> None:
+    """Resuming on another dataset used to continue silently; now --resume latest refuses and
+    --resume auto (the workflow's) moves the checkpoints aside and starts afresh."""
+    out = tmp_path / "run"
+    train(tiny(dataset_dir, out, max_steps=2))
+    other = build_dataset(tmp_path / "other", {"train": 6, "validation": 1, "test": 1})
+    with pytest.raises(ConfigError, match=r"dataset differs.*train 8.*train 6.*--resume auto"):
+        train(tiny(other, out, max_steps=2, resume="latest"))
+    assert list_checkpoints(out / "checkpoints")  # refused: nothing moved
+
+    result = train(tiny(other, out, max_steps=2, resume="auto"))
+    assert result.steps == 2
+    (stale,) = out.glob("checkpoints.stale-*")
+    assert re.fullmatch(r"checkpoints\.stale-\d{8}-\d{6}", stale.name)
+    assert [s for s, _ in list_checkpoints(stale)] == [2]
+    assert (stale / "train_log.csv").is_file()
+    record = json.loads((out / "checkpoints" / "checkpoint-2" / "markup2im_train.json").read_text())
+    assert record["dataset"]["splits"]["train"] == 6 and record["dataset"]["path"] == str(other)
+
+    # other settings: the same
+    train(tiny(other, out, max_steps=2, learning_rate=5e-4, resume="auto"))
+    assert len(list(out.glob("checkpoints.stale-*"))) == 2
+    # the same settings and data: resumed (nothing left to do), nothing moved
+    assert train(tiny(other, out, max_steps=2, learning_rate=5e-4, resume="auto")).steps == 2
+    assert len(list(out.glob("checkpoints.stale-*"))) == 2
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(
+    tmp_path: Path, dataset_dir: Path, caplog
+) -> None:
+    settings = dict(max_steps=4, checkpoint_every=2, checkpoints_total_limit=None)
+    whole = tmp_path / "whole"
+    train(tiny(dataset_dir, whole, **settings))
+    cut = tmp_path / "cut"
+    shutil.copytree(whole / "checkpoints", cut / "checkpoints")
+    shutil.copy(whole / "train_log.csv", cut / "train_log.csv")
+    weights = cut / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a write cut short
+    with caplog.at_level("WARNING", logger="markup2im.training"):
+        train(tiny(dataset_dir, cut, resume="latest", **settings))
+    damaged = cut / "checkpoints" / "checkpoint-4"
+    assert any(f"checkpoint {damaged} is damaged" in r.getMessage() for r in caplog.records)
+    assert (cut / "checkpoints" / "damaged-checkpoint-4").is_dir()
+    assert_same_weights(whole / "model", cut / "model")  # resumed from checkpoint-2
+    assert [int(r["step"]) for r in read_log(cut / "train_log.csv")] == [1, 2, 3, 4]
+
+    # an unreadable record is damage too; with every checkpoint damaged, auto starts afresh
+    again = tmp_path / "again"
+    shutil.copytree(whole / "checkpoints", again / "checkpoints")
+    for record in (again / "checkpoints").glob("checkpoint-*/markup2im_train.json"):
+        record.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="every checkpoint is damaged.*--resume auto"):
+        train(tiny(dataset_dir, again, resume="latest", **settings))
+    for path in list((again / "checkpoints").glob("damaged-*")):
+        path.rename(path.with_name(path.name.removeprefix("damaged-")))
+    train(tiny(dataset_dir, again, resume="auto", **settings))
+    assert_same_weights(whole / "model", again / "model")
+    assert list(again.glob("checkpoints.stale-*"))
+
+    # every checkpoint fails to load: auto builds the model afresh (failed loads may have
+    # changed it) and trains from scratch, to the same weights
+    broken = tmp_path / "broken"
+    shutil.copytree(whole / "checkpoints", broken / "checkpoints")
+    for weights in (broken / "checkpoints").glob("checkpoint-*/model.safetensors"):
+        weights.write_bytes(b"")
+    train(tiny(dataset_dir, broken, resume="auto", **settings))
+    assert_same_weights(whole / "model", broken / "model")
+    (stale,) = broken.glob("checkpoints.stale-*")
+    assert sorted(p.name for p in stale.iterdir() if p.is_dir()) == [
+        "damaged-checkpoint-2",
+        "damaged-checkpoint-4",
+    ]
 
 
 @pytest.mark.slow
@@ -391,7 +535,7 @@ def test_two_processes_train_and_write_one_model(tmp_path: Path, dataset_dir: Pa
     command = [
         str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), "-m", "markup2im",
+        "--main_process_port", "0", "-m", "markup2im",  # a free port, chosen when it binds
         *cli_train(dataset_dir, out, "--max-steps", "3", "--checkpoint-every", "2")[3:],
     ]  # fmt: skip
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)

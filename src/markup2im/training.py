@@ -31,10 +31,11 @@ uses) then moves the checkpoints aside to ``O/checkpoints.stale-<date>-<time>/``
 scratch. A damaged checkpoint is skipped with a warning (renamed ``damaged-checkpoint-<step>``)
 and the one before it is used.
 
-A non-finite loss raises TrainingDivergedError. A checkpoint counts as sane when the loss
-computed with its weights (the next step's) is finite and at most SANE_LOSS_FACTOR times the
-running loss; the newest sane checkpoint is never pruned, and after a divergence the later ones
-are renamed ``diverged-checkpoint-<step>`` so that resuming starts from the sane one.
+A non-finite loss raises TrainingDivergedError. A checkpoint counts as sane when the loss of
+the last batch with its weights is finite and at most SANE_LOSS_FACTOR times the running loss
+(recorded in its state file); the newest sane checkpoint is kept even past the pruning limit
+while no newer one is sane, and after a divergence the later ones are renamed
+``diverged-checkpoint-<step>`` so that resuming starts from the sane one.
 """
 
 from __future__ import annotations
@@ -412,7 +413,7 @@ def _rows(splits: dict[str, int] | None) -> str:
 
 
 class LossHistory:
-    """The loss of every step so far, and what it says about the checkpoints."""
+    """The loss of every step so far (the reference that tells a sane checkpoint)."""
 
     def __init__(self, losses: dict[int, float] | None = None) -> None:
         self.losses: dict[int, float] = dict(losses or {})
@@ -429,23 +430,39 @@ class LossHistory:
         ]
         return statistics.median(window) if window else math.nan
 
-    def verdict(self, step: int) -> bool | None:
-        """Whether the weights saved after ``step`` are sane: the loss computed with them (that
-        of step + 1) is finite and within SANE_LOSS_FACTOR of the running loss; None while
-        that loss is not known."""
-        after = self.losses.get(step + 1)
-        if after is None:
-            return None
-        if not math.isfinite(after):
-            return False
+    def is_sane(self, loss: float, step: int) -> bool:
+        """Whether ``loss`` (computed with the weights after ``step``) is finite and within
+        SANE_LOSS_FACTOR of the running loss up to ``step``."""
         reference = self.running(step)
-        return not math.isfinite(reference) or after <= SANE_LOSS_FACTOR * reference
-
-    def describe(self, step: int) -> str:
-        return (
-            f"the loss after it was {self.losses.get(step + 1, math.nan):.4g}, "
-            f"the running loss {self.running(step):.4g}"
+        return math.isfinite(loss) and (
+            not math.isfinite(reference) or loss <= SANE_LOSS_FACTOR * reference
         )
+
+
+def is_sane_checkpoint(checkpoint: Path) -> bool:
+    """What the checkpoint's record says (False when it is unreadable or says nothing)."""
+    try:
+        return read_checkpoint_record(checkpoint).get("sane") is True
+    except CheckpointDamaged:
+        return False
+
+
+def _weights_loss(
+    accelerator: Any, denoiser: Any, eps_model: Any, inputs: Any, weights: Any
+) -> float:
+    """The loss of the last batch with the weights as they are now, averaged over processes.
+
+    Taken when a checkpoint is written, so that its weights are judged at once (the next step's
+    loss would come one step too late for pruning). Eval mode and no gradient: it draws no
+    random numbers and changes nothing.
+    """
+    denoiser.eval()
+    try:
+        with torch.no_grad():
+            value = step_loss(eps_model, inputs, weights).detach().float().reshape(1)
+    finally:
+        denoiser.train()
+    return float(accelerator.reduce(value, reduction="mean")[0])
 
 
 def _read_log(log_path: Path, up_to_step: int | None) -> list[list[str]]:
@@ -595,7 +612,7 @@ def _train(config: TrainConfig) -> TrainResult:
     def diverged(what: str) -> TrainingDivergedError:
         """The error for a divergence; sets aside the checkpoints after the last sane one."""
         checkpoints = list_checkpoints(checkpoint_dir)
-        sane = [(s, path) for s, path in checkpoints if history.verdict(s)]
+        sane = [(s, path) for s, path in checkpoints if is_sane_checkpoint(path)]
         last = sane[-1] if sane else None
         later = [path for s, path in checkpoints if last is None or s > last[0]]
         moved = [path.with_name(DIVERGED_PREFIX + path.name) for path in later]
@@ -606,13 +623,18 @@ def _train(config: TrainConfig) -> TrainResult:
                 os.replace(path, target)
         names = ", ".join(t.name for t in moved)
         if last is not None:
-            found = f"The last sane checkpoint is {last[1]} ({history.describe(last[0])})"
+            record = read_checkpoint_record(last[1])
+            found = (
+                f"The last sane checkpoint is {last[1]} (the loss with its weights "
+                f"{record['check_loss']:.4g}, the running loss {record['running_loss']:.4g})"
+            )
             if moved:
                 found += f"; the {len(moved)} later one(s) were set aside as {names}"
         elif moved:
             found = (
-                "No checkpoint of this run is sane: the loss after each was non-finite or more "
-                f"than {SANE_LOSS_FACTOR:g} times the running loss; they were set aside as {names}"
+                "No checkpoint of this run is sane: the loss with the weights of each was "
+                f"non-finite or more than {SANE_LOSS_FACTOR:g} times the running loss; they "
+                f"were set aside as {names}"
             )
         else:
             found = "No checkpoint of this run is sane: none was saved before the divergence"
@@ -627,7 +649,8 @@ def _train(config: TrainConfig) -> TrainResult:
             suggested_learning_rate=suggested,
         )
 
-    def save_checkpoint() -> Path:
+    def save_checkpoint(check_loss: float) -> Path:
+        """Write the resume point; ``check_loss`` (the loss with these weights) says if sane."""
         if not _all_finite(params):
             raise diverged(
                 f"weights became non-finite by step {state.global_step}; not checkpointing"
@@ -647,17 +670,16 @@ def _train(config: TrainConfig) -> TrainResult:
                     "dataset": dataset_record,
                     "world_size": world_size,
                     "loss": last_loss,
+                    "check_loss": check_loss,
                     "running_loss": history.running(state.global_step),
+                    "sane": history.is_sane(check_loss, state.global_step),
                     **state.state_dict(),
                 },
             )
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            sane = [s for s, _ in list_checkpoints(checkpoint_dir) if history.verdict(s)]
-            _prune_checkpoints(
-                checkpoint_dir, config.checkpoints_total_limit, keep=sane[-1] if sane else None
-            )
+            _prune_checkpoints(checkpoint_dir, config.checkpoints_total_limit)
             logger.info("saved checkpoint %s", final)
         accelerator.wait_for_everyone()
         return final
@@ -779,7 +801,9 @@ def _train(config: TrainConfig) -> TrainResult:
                     progress.update(1)
                     progress.set_postfix(loss=f"{last_loss:.4f}", m=m_used, refresh=False)
                     if state.global_step % config.checkpoint_every == 0 or stopping:
-                        checkpoint = save_checkpoint()
+                        checkpoint = save_checkpoint(
+                            _weights_loss(accelerator, denoiser, eps_model, inputs, weights)
+                        )
                     if config.snapshot_every and state.global_step % config.snapshot_every == 0:
                         save_snapshot()
                     if stopping:
@@ -860,6 +884,7 @@ def _start_or_resume(
                 "continue it, --resume auto to continue it or, when its settings or data "
                 "differ, set it aside and start afresh, or use another --output-dir"
             )
+        _set_aside_leftovers(accelerator, output_dir)
         return None
     damaged: list[Path] = []
     loaded: Path | None = None
@@ -908,13 +933,13 @@ def _start_or_resume(
         except Exception as exc:  # torch, safetensors and pickle raise many types for bad files
             logger.warning("checkpoint %s is damaged (%s); trying the one before it", path, exc)
             ok = False
-            partly_loaded = True
         if world_size > 1:  # every process must resume from the same checkpoint
             flag = torch.tensor(float(ok), device=accelerator.device)
             ok = float(accelerator.reduce(flag, reduction="sum")) == world_size
         if ok:
             loaded = path
             break
+        partly_loaded = True  # also where this process loaded it and another could not
         damaged.append(path)
     accelerator.wait_for_everyone()
     if main:
@@ -942,7 +967,19 @@ def _start_or_resume(
             raise _RestartFromScratch
         return None
     logger.info("no checkpoint in %s: starting from scratch", checkpoint_dir)
+    _set_aside_leftovers(accelerator, output_dir)
     return None
+
+
+def _set_aside_leftovers(accelerator: Any, output_dir: Path) -> None:
+    """Before a fresh start, move aside what an earlier run left in O/checkpoints (diverged or
+    damaged checkpoints), so that it never mixes with this run's."""
+    checkpoint_dir = output_dir / "checkpoints"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir()):
+        stale = set_aside_checkpoints(output_dir)
+        logger.warning("moved what an earlier run left in %s to %s", checkpoint_dir, stale)
+    accelerator.wait_for_everyone()
 
 
 def set_aside_checkpoints(output_dir: Path) -> Path:
@@ -962,16 +999,20 @@ def set_aside_checkpoints(output_dir: Path) -> Path:
     return target
 
 
-def _prune_checkpoints(checkpoint_dir: Path, limit: int | None, keep: int | None = None) -> None:
-    """Remove all but the newest ``limit`` checkpoints, and never the one at step ``keep``."""
+def _prune_checkpoints(checkpoint_dir: Path, limit: int | None) -> None:
+    """Remove all but the newest ``limit`` checkpoints; when none of those is sane, the newest
+    sane one stays as well (the one to go back to if the run diverges)."""
     if limit is None:
         return
     checkpoints = list_checkpoints(checkpoint_dir)
-    for step, path in checkpoints[: max(0, len(checkpoints) - limit)]:
-        if step == keep:
-            continue
-        logger.info("removing old checkpoint %s", path)
-        shutil.rmtree(path, ignore_errors=True)
+    old, kept = checkpoints[: max(0, len(checkpoints) - limit)], checkpoints[-limit:]
+    keep = None
+    if not any(is_sane_checkpoint(path) for _, path in kept):
+        keep = next((path for _, path in reversed(old) if is_sane_checkpoint(path)), None)
+    for _, path in old:
+        if path != keep:
+            logger.info("removing old checkpoint %s", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _tensorboard_writer(output_dir: Path) -> Any:
