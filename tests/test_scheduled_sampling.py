@@ -339,3 +339,19 @@ def test_weighted_loss_weighs_each_example() -> None:
     torch.testing.assert_close(
         step_loss(model, inputs, torch.ones(4)), step_loss(model, inputs), atol=1e-6, rtol=1e-5
     )
+
+
+def test_min_t_zero_means_no_guard() -> None:
+    assert ScheduledSamplingConfig.for_method("scheduled_sampling", min_t=0).min_t is None
+    assert ScheduledSamplingConfig.for_method("scheduled_sampling", min_t=50).min_t == 50
+    schedule, model, x0 = schedule_of(), TinyEps(), gold(batch=16)
+    config = ScheduledSamplingConfig.for_method(
+        "scheduled_sampling", start=(1.0,), end=(1.0,), min_t=0
+    )
+    # a seed whose batch holds a t = 0: the rollout still happens
+    for seed in range(2000):
+        t = torch.randint(0, 1000, (16,), generator=torch.Generator().manual_seed(seed))
+        if int(t.min()) == 0 and int(t.max()) < 999:
+            break
+    step = prepare_step(model, schedule, config, x0, 0.0, torch.Generator().manual_seed(seed))
+    assert int(step.timesteps.min()) == 0 and step.m == 1

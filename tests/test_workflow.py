@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from chromium import CHROMIUM, Chromium
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,6 @@ SNAKEFILE = REPO / "Snakefile"
 MICRO = REPO / "config" / "micro.yaml"
 PAPER = REPO / "config" / "paper.yaml"
 RELEASED = REPO / "config" / "released.yaml"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 # Only against hangs: generous, because the 2 cores may be shared with other work.
 QUICK_TIMEOUT = 600  # dry runs, lint (seconds alone)
@@ -754,96 +753,8 @@ def test_own_markup_file_becomes_a_dataset(tmp_path: Path) -> None:
 # ---- the report in headless Chromium -----------------------------------------------------------
 
 
-class Chromium:
-    """Headless Chromium driven over the DevTools protocol on a pipe (no extra packages)."""
-
-    def __init__(self, url: str, profile: Path, timeout: float = 600) -> None:
-        to_browser_r, to_browser_w = os.pipe()
-        from_browser_r, from_browser_w = os.pipe()
-
-        def wire() -> None:  # the protocol pipe is fds 3 (commands) and 4 (replies)
-            os.dup2(os.dup(to_browser_r), 3)
-            os.dup2(os.dup(from_browser_w), 4)
-
-        self.proc = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--remote-debugging-pipe",
-                f"--user-data-dir={profile}",
-                "--window-size=1400,1000",
-                url,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            close_fds=False,
-            preexec_fn=wire,
-        )
-        os.close(to_browser_r)
-        os.close(from_browser_w)
-        self.writer = os.fdopen(to_browser_w, "wb", buffering=0)
-        self.reader = os.fdopen(from_browser_r, "rb", buffering=0)
-        self.buffer = b""
-        self.last_id = 0
-        self.deadline = time.monotonic() + timeout
-        targets = self.send("Target.getTargets")["targetInfos"]
-        page = next(t for t in targets if t["type"] == "page")
-        self.session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)[
-            "sessionId"
-        ]
-
-    def send(self, method: str, session: str | None = None, **params) -> dict:
-        self.last_id += 1
-        message = {"id": self.last_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        self.writer.write(json.dumps(message).encode() + b"\0")
-        while True:
-            while b"\0" not in self.buffer:
-                left = self.deadline - time.monotonic()
-                if left <= 0 or not select.select([self.reader], [], [], left)[0]:
-                    raise TimeoutError(f"no reply from Chromium to {method}")
-                chunk = self.reader.read(1 << 16)
-                if not chunk:
-                    raise RuntimeError("Chromium closed the protocol pipe")
-                self.buffer += chunk
-            raw, self.buffer = self.buffer.split(b"\0", 1)
-            reply = json.loads(raw)
-            if reply.get("id") == self.last_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-
-    def evaluate(self, expression: str, context: int | None = None):
-        extra = {"contextId": context} if context is not None else {}
-        result = self.send(
-            "Runtime.evaluate",
-            self.session,
-            expression=expression,
-            returnByValue=True,
-            awaitPromise=True,
-            **extra,
-        )
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, seconds: float = 120):
-        end = time.monotonic() + seconds
-        error = None
-        while time.monotonic() < end:
-            try:  # the page may still be loading
-                value = self.evaluate(expression)
-            except RuntimeError as exc:
-                value, error = None, exc
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"not shown within {seconds} s: {expression} (last error: {error})")
+class ReportBrowser(Chromium):
+    """Chromium on the Snakemake report: its menu, its result rows and the page it shows."""
 
     def click_link(self, text: str) -> None:
         self.wait_for(
@@ -892,12 +803,6 @@ class Chromium:
             "app.setView({navbarMode: 'menu', category: undefined, subcategory: undefined})"
         )
 
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-        self.writer.close()
-        self.reader.close()
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
@@ -905,7 +810,7 @@ def test_report_shows_metrics_table_and_gif(micro_run: Path, tmp_path: Path) -> 
     report = tmp_path / "report.html"  # outside the shared run, which the tests only read
     proc = snakemake(micro_run, "--configfile", MICRO, "--report", report, timeout=RUN_TIMEOUT)
     assert proc.returncode == 0, output_of(proc)
-    browser = Chromium(report.as_uri(), tmp_path / "chromium-profile")
+    browser = ReportBrowser(report.as_uri(), tmp_path / "chromium-profile")
     try:
         browser.wait_for("document.body.innerText.includes('Metrics')")
         # the metrics table: Metrics -> Summary -> the table's row

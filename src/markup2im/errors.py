@@ -31,6 +31,10 @@ class ModelError(Markup2ImError):
     """A saved model directory is missing or incomplete."""
 
 
+class MissingDependencyError(Markup2ImError):
+    """An optional package that a command needs is not installed (the message says how)."""
+
+
 class TrainingDivergedError(Markup2ImError):
     """Training produced a non-finite loss or weights."""
 

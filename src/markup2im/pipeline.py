@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import DDPMScheduler
@@ -33,6 +34,9 @@ from markup2im.errors import ModelError
 from markup2im.models.denoiser import MarkupUNet
 from markup2im.models.encoder import MarkupEncoder, missing_encoder_files
 from markup2im.presets import get_model_preset
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +169,81 @@ class Markup2ImModel(nn.Module):
     def noise_scheduler(self) -> DDPMScheduler:
         """A new DDPMScheduler built from ``scheduler_config``."""
         return DDPMScheduler.from_config(self.scheduler_config)
+
+    def draw(
+        self,
+        markups: str | Sequence[str],
+        *,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        seed: int = 0,
+        frames: bool = False,
+        frames_every: int = 1,
+        batch_size: int = 16,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Image.Image] | tuple[list[Image.Image], list[list[Image.Image]]]:
+        """Draw images of ``markups`` (one string or a list) at the model's size and colour mode.
+
+        ``sampler`` is ddpm, ddim or dpmsolver++, ``steps`` its number of denoising steps (None:
+        the sampler's default). Markup ``i`` of the list is drawn from the noise of seed
+        ``seed + i``: a list gives the same images as one call per markup with seeds seed,
+        seed + 1, ..., whatever ``batch_size`` (markups sampled together). With ``frames``, also
+        returns each markup's denoising frames (the clipped x0 prediction of every
+        ``frames_every``-th step and of the last step). ``progress`` is called with (steps done,
+        steps in all) after every denoising step. Markup longer than the model's limit is
+        truncated; the encoder logs a warning that says by how many tokens.
+        """
+        from markup2im.errors import ConfigError
+        from markup2im.images import tensor_to_image
+        from markup2im.sampling import example_generators, make_scheduler, sample
+
+        items = [markups] if isinstance(markups, str) else [str(m) for m in markups]
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+        if batch_size < 1 or frames_every < 1:
+            raise ConfigError(
+                f"batch_size and frames_every must be >= 1, got {batch_size}, {frames_every}"
+            )
+        per_batch = len(make_scheduler(sampler, self.scheduler_config, steps).timesteps)
+        total = per_batch * -(-len(items) // batch_size)
+        images: list[Image.Image] = []
+        kept: list[list[Image.Image]] = [[] for _ in items]
+        done = 0
+
+        def step_done() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, len(items), batch_size):
+                batch = items[start : start + batch_size]
+
+                def keep_frame(position: int, step: int, frame: torch.Tensor) -> None:
+                    kept[start + position].append(tensor_to_image(frame))  # noqa: B023
+
+                # seed + i at index 0 of example_generators: the noise of generate's first
+                # example for that seed, and of a one-markup call with it
+                generators = [
+                    example_generators(seed + start + k, [0])[0] for k in range(len(batch))
+                ]
+                result = sample(
+                    self,
+                    batch,
+                    generators,
+                    sampler=sampler,
+                    num_inference_steps=steps,
+                    frames_every=frames_every if frames else 0,
+                    on_frame=keep_frame if frames else None,
+                    on_step=step_done,
+                )
+                images += [tensor_to_image(x) for x in result]
+        finally:
+            self.train(was_training)
+        return (images, kept) if frames else images
 
     def record(self) -> dict:
         """What markup2im_model.json holds."""

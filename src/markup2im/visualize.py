@@ -127,7 +127,7 @@ def list_frames(frames_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(frames, key=lambda p: (frame_number(p), p.name))
 
 
-def select_frames(frames: Sequence[Path], every: int) -> list[Path]:
+def select_frames(frames: Sequence[Any], every: int) -> list[Any]:
     """Every ``every``-th frame starting with the first, always ending with the last one."""
     if every < 1:
         raise ConfigError(f"every (--every) must be >= 1, got {every}")
@@ -173,7 +173,21 @@ def denoise_gif(
 ) -> int:
     """GIF of one example's denoising (x0 predictions over the steps). Returns the frame count."""
     paths = select_frames(list_frames(frames_dir), every)
-    images = [_open(p) for p in paths]
+    return frames_gif([_open(p) for p in paths], output, 1, frame_ms, final_hold_ms, scale)
+
+
+def frames_gif(
+    images: Sequence[Image.Image],
+    output: str | os.PathLike[str],
+    every: int = 1,
+    frame_ms: int = 80,
+    final_hold_ms: int = 2000,
+    scale: int | None = None,
+) -> int:
+    """``denoise_gif`` of frames in memory (in step order). Returns the frame count."""
+    if not images:
+        raise DataError(f"{output}: no frames to write")
+    images = [images[i] for i in select_frames(range(len(images)), every)]
     factor = scale or upscale_factor(images[0].size)
     mode = _common_mode(images)
     frames = [enlarge(im.convert(mode), factor) for im in images]

@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "gif": "gif",
     "figures": "figures",
+    "draw": "draw",
+    "demo": "demo",
 }
 
 

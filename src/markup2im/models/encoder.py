@@ -75,6 +75,7 @@ class MarkupEncoder(nn.Module):
         self.num_encoded = 0
         self.num_truncated = 0
         self.last_num_truncated = 0
+        self.last_truncated_tokens: list[int] = []  # tokens cut from each markup of the last call
         self.trainable = False
         self.model.requires_grad_(False)
         self.train(False)
@@ -223,15 +224,11 @@ class MarkupEncoder(nn.Module):
         """Token ids (B, L) and boolean attention mask (B, L), right-padded, on CPU."""
         if isinstance(markups, str):
             raise TypeError("markups must be a list of strings, not one string")
-        encoded = self.tokenizer(list(markups), add_special_tokens=True, verbose=False)
-        rows, truncated = [], 0
-        for ids in encoded["input_ids"]:
-            ids = list(ids[:-1] if self._strip_end else ids)
-            if len(ids) > self.max_length:
-                truncated += 1
-                ids = ids[: self.max_length]
-            rows.append(ids + [self.end_token_id])
-        self._count(len(rows), truncated)
+        rows, cut = [], []
+        for ids in self._token_ids(markups):
+            cut.append(max(0, len(ids) - self.max_length))
+            rows.append(ids[: self.max_length] + [self.end_token_id])
+        self._count(cut)
         length = max((len(r) for r in rows), default=1)
         input_ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.bool)
@@ -240,18 +237,33 @@ class MarkupEncoder(nn.Module):
             mask[i, : len(ids)] = True
         return input_ids, mask
 
-    def _count(self, n: int, truncated: int) -> None:
-        self.num_encoded += n
+    def _token_ids(self, markups: list[str]) -> list[list[int]]:
+        """Each markup's token ids without the tokenizer's own end token, not truncated."""
+        encoded = self.tokenizer(list(markups), add_special_tokens=True, verbose=False)
+        return [list(ids[:-1] if self._strip_end else ids) for ids in encoded["input_ids"]]
+
+    def overflow(self, markups: list[str]) -> list[int]:
+        """How many tokens of each markup lie beyond ``max_length`` (0: it fits), without
+        encoding or counting anything."""
+        if isinstance(markups, str):
+            raise TypeError("markups must be a list of strings, not one string")
+        return [max(0, len(ids) - self.max_length) for ids in self._token_ids(markups)]
+
+    def _count(self, cut: list[int]) -> None:
+        truncated = sum(c > 0 for c in cut)
+        self.num_encoded += len(cut)
         self.last_num_truncated = truncated
+        self.last_truncated_tokens = cut
         if truncated:
             first = self.num_truncated == 0
             self.num_truncated += truncated
             logger.log(
                 logging.WARNING if first else logging.INFO,
-                "truncated %d of %d markups to %d tokens (%d of %d so far)",
+                "truncated %d of %d markups to %d tokens, %s (%d of %d so far)",
                 truncated,
-                n,
+                len(cut),
                 self.max_length,
+                _cut_tokens(cut),
                 self.num_truncated,
                 self.num_encoded,
             )
@@ -291,6 +303,15 @@ def missing_encoder_files(directory: str | os.PathLike[str]) -> list[str]:
     ):
         missing.append("model.safetensors")
     return missing
+
+
+def _cut_tokens(cut: list[int]) -> str:
+    """'by 12 tokens' for one truncated markup, 'by 3 to 40 tokens' for several."""
+    counts = [c for c in cut if c > 0]
+    low, high = min(counts), max(counts)
+    if low == high:
+        return f"by {high} token{'s' if high != 1 else ''}" + (" each" if len(counts) > 1 else "")
+    return f"by {low} to {high} tokens"
 
 
 @contextlib.contextmanager

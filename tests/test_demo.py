@@ -1,0 +1,198 @@
+"""``markup2im demo``: the page in headless Chromium (type, Draw, both images and the scores; a
+broken formula shows the renderer's error), the model's domain, and the install hint without
+Gradio."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from chromium import CHROMIUM, Chromium
+
+from markup2im.cli import main
+from markup2im.demo import model_domain
+from markup2im.errors import ConfigError
+
+START_TIMEOUT = 300  # seconds for the server to answer (imports, model, first page)
+DRAW_TIMEOUT = 300  # seconds for a drawing to appear (the first one compiles the metrics)
+FORMULA = r"x^2+y_1"
+BROKEN = "\\frac{"
+
+
+def test_without_gradio_it_says_how_to_install(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
+    code = main(["demo", "--model-dir", str(tmp_path / "model")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "pip install -r requirements-demo-lock.txt" in err and "markup2im[demo]" in err
+
+
+def test_the_domain_comes_from_the_model_then_the_flag_then_math(tmp_path: Path) -> None:
+    (tmp_path / "markup2im_model.json").write_text(json.dumps({"format_version": 1}))
+    assert model_domain(tmp_path) == "math"
+    assert model_domain(tmp_path, "molecules") == "molecules"
+    (tmp_path / "original_checkpoint.json").write_text(json.dumps({"domain": "music"}))
+    assert model_domain(tmp_path) == "music"
+    assert model_domain(tmp_path, "music") == "music"
+    with pytest.raises(ConfigError, match="records domain 'music'"):
+        model_domain(tmp_path, "tables")
+
+
+# ---- the page ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port nobody listens on now (it may be taken again before the demo binds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=5) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End the demo and everything it started (its process group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+
+
+def start_demo(model_dir: Path, tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
+    """Start the demo on a free port; another port when that one was taken meanwhile."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    for attempt in range(3):
+        port = free_port()
+        log = tmp_path / f"demo-{attempt}.log"
+        with log.open("wb") as handle:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "markup2im", "demo", "--model-dir", str(model_dir),
+                 "--port", str(port)],
+                cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=handle,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    break
+                if answers(url):
+                    return proc, url, log
+                time.sleep(0.5)
+        except BaseException:
+            stop(proc)
+            raise
+        stop(proc)
+        text = log.read_text(errors="replace")
+        if proc.returncode is not None and "cannot serve the demo" in text:
+            continue  # the port was taken between free_port() and the bind: another one
+        pytest.fail(f"the demo did not start within {START_TIMEOUT} s:\n{text[-3000:]}")
+    pytest.fail("the demo found no free port in 3 tries")
+
+
+def image_shown(element_id: str) -> str:
+    return (
+        f"(() => {{ const i = document.querySelector('#{element_id} img');"
+        " return !!(i && i.complete && i.naturalWidth > 0) && i.src; })()"
+    )
+
+
+def text_of(element_id: str) -> str:
+    return f"(document.querySelector('#{element_id}') || {{innerText: ''}}).innerText"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_page_draws_beside_the_renderer_and_shows_its_errors(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("gradio", reason="needs the demo extra (requirements-demo-lock.txt)")
+    proc, url, log = start_demo(tiny_model_dir, tmp_path)
+    browser = None
+    try:
+        browser = Chromium("about:blank", tmp_path / "chromium-profile")
+        browser.watch_requests()
+        browser.goto(url)
+        browser.wait_for("!!document.querySelector('#m2i-markup textarea')", START_TIMEOUT)
+        # the examples of the model's domain are on the page
+        assert browser.wait_for("document.body.innerText.includes('Examples')")
+        browser.type_into("#m2i-markup textarea", FORMULA)
+        browser.click("#m2i-draw")
+        model_src = browser.wait_for(image_shown("m2i-model"), DRAW_TIMEOUT)
+        browser.wait_for(image_shown("m2i-rendered"), DRAW_TIMEOUT)
+        gif_src = browser.wait_for(image_shown("m2i-animation"), DRAW_TIMEOUT)
+        assert ".gif" in gif_src, gif_src
+        scores = browser.wait_for(
+            f"(() => {{ const t = {text_of('m2i-scores')}; return /DTW \\d/.test(t) && t; }})()",
+            DRAW_TIMEOUT,
+        )
+        assert "SSIM" in scores and "No scores" not in scores, scores
+        dtw = float(browser.evaluate("document.querySelector('#m2i-dtw').innerText"))
+        ssim = float(browser.evaluate("document.querySelector('#m2i-ssim').innerText"))
+        assert dtw >= 0 and -1 <= ssim <= 1
+        assert not browser.evaluate(text_of("m2i-status")).strip()  # no error, no note
+        browser.screenshot(tmp_path / "demo-drawn.png")
+
+        browser.type_into("#m2i-markup textarea", BROKEN)
+        browser.click("#m2i-draw")
+        status = browser.wait_for(
+            f"(() => {{ const t = {text_of('m2i-status')};"
+            " return t.includes('could not render') && t; })()",
+            DRAW_TIMEOUT,
+        )
+        assert "LaTeX could not render this markup" in status
+        error = status.split("could not render this markup:", 1)[1].strip()
+        assert error and "Traceback" not in status, status
+        # the scores say why there are none, and the model still drew the broken markup
+        browser.wait_for(f"{text_of('m2i-scores')}.includes('No scores')", DRAW_TIMEOUT)
+        browser.wait_for(
+            f"(() => {{ const s = {image_shown('m2i-model')}; return s && s !== {json.dumps(model_src)}; }})()",
+            DRAW_TIMEOUT,
+        )
+        assert not browser.evaluate(image_shown("m2i-rendered"))
+        browser.screenshot(tmp_path / "demo-error.png")
+        # the page asked nothing of any other host (no fonts, analytics or version checks)
+        urls = browser.requested_urls()
+        assert urls and all(u.startswith((url, "data:", "blob:")) for u in urls), [
+            u for u in urls if not u.startswith((url, "data:", "blob:"))
+        ]
+    finally:
+        if browser is not None:
+            browser.close()
+        stop(proc)
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+
+
+def test_the_renderers_error_is_shown_as_text() -> None:
+    from markup2im.demo import Comparison, scores_html, status_html
+
+    result = Comparison("<b>", render_error="! Undefined control sequence <b> & more")
+    shown = status_html(result, "LaTeX")
+    assert "LaTeX could not render this markup" in shown
+    assert "&lt;b&gt; &amp; more" in shown and "<b> &" not in shown
+    assert "No scores" in scores_html(result)
+    assert "DTW <b" in scores_html(Comparison("x", dtw=3.0, ssim=0.5))

@@ -1,0 +1,256 @@
+"""``markup2im draw`` and ``Markup2ImModel.draw``: the same seed gives the same pixels, a list
+gives the images of single draws, images have the model's size and mode, a markup file gives one
+image per line, and too-long markup is truncated with a warning that says by how much."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_model import HEIGHT, MAX_MARKUP, WIDTH
+
+from markup2im.cli import main
+from markup2im.data.render import assign_filenames
+from markup2im.models.encoder import OFFLINE, MarkupEncoder
+from markup2im.pipeline import Markup2ImModel
+
+FORMULAS = [r"x^2+y_1", r"\frac{1}{y}", r"a-b=c"]
+LONG = "x+" * 40  # 80 bytes: 48 over the tiny model's 32-token limit
+CLI_TIMEOUT = 300  # only against a hang
+
+
+def offline_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env
+
+
+def draw_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "markup2im", "draw", *map(str, args)],
+        cwd=cwd,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+
+
+def pixels(image: Image.Image | Path) -> np.ndarray:
+    if isinstance(image, Path):
+        with Image.open(image) as opened:
+            opened.load()
+            return np.asarray(opened)
+    return np.asarray(image)
+
+
+@pytest.fixture(scope="module")
+def untrained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved, untrained tiny model: for the errors, which need no drawing."""
+    import torch
+
+    torch.manual_seed(0)
+    model = Markup2ImModel.from_config(
+        model_preset="tiny", encoder="offline", height=16, width=64, channels=1,
+        max_markup_length=16,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("untrained") / "model"
+    model.save_pretrained(path)
+    return path
+
+
+# ---- errors, before any drawing ----------------------------------------------------------------
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    code, err = run_main(["draw", "--model-dir", str(tmp_path / "nowhere"), "x"], capsys)
+    assert code == 2 and "does not exist" in err and "nowhere" in err
+
+
+def test_damaged_model_dir_names_the_missing_file(
+    untrained_dir: Path, tmp_path: Path, capsys
+) -> None:
+    damaged = tmp_path / "model"
+    shutil.copytree(untrained_dir, damaged)
+    (damaged / "denoiser" / "diffusion_pytorch_model.safetensors").unlink()
+    output = str(tmp_path / "o.png")
+    code, err = run_main(["draw", "--model-dir", str(damaged), "x", "--output", output], capsys)
+    assert code == 2 and "incomplete" in err
+    assert "denoiser/diffusion_pytorch_model.safetensors" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "give either MARKUP or --markup-file"),
+        (["x", "--markup-file", "f.txt"], "give either MARKUP or --markup-file"),
+        (["--markup-file", "f.txt"], "--markup-file needs --output-dir"),
+        (["--markup-file", "f.txt", "--output-dir", "o", "--gif", "a.gif"], "--output and --gif"),
+        (["x", "--output-dir", "o"], "--output-dir and --gifs are for --markup-file"),
+        (["x", "--seed", "-1"], "must be >= 0"),
+    ],
+)
+def test_flags_that_do_not_go_together(
+    extra: list[str], message: str, untrained_dir: Path, capsys
+) -> None:
+    code, err = run_main(["draw", "--model-dir", str(untrained_dir), *extra], capsys)
+    assert code == 2 and message in err
+
+
+def test_output_must_be_a_png(untrained_dir: Path, tmp_path: Path, capsys) -> None:
+    code, err = run_main(
+        ["draw", "--model-dir", str(untrained_dir), "x", "--output", str(tmp_path / "o.jpg")],
+        capsys,
+    )
+    assert code == 2 and "ends in .png" in err
+
+
+def test_encoder_says_by_how_many_tokens_it_truncates(caplog) -> None:
+    enc = MarkupEncoder.load(OFFLINE, max_length=4)
+    assert enc.overflow(["abcdefgh", "ab", "abcde"]) == [4, 0, 1]
+    assert enc.num_encoded == 0  # overflow only looks
+    with caplog.at_level(logging.INFO, logger="markup2im.models.encoder"):
+        enc(["abcdefgh", "ab"])
+        enc(["abcdefgh", "abcdefghij"])
+    assert enc.last_truncated_tokens == [4, 6]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("truncated 1 of 2 markups to 4 tokens, by 4 tokens" in m for m in messages)
+    assert any("by 4 to 6 tokens" in m for m in messages), messages
+
+
+# ---- drawing with a trained model --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> Markup2ImModel:
+    return Markup2ImModel.from_pretrained(tiny_model_dir)
+
+
+@pytest.mark.slow
+def test_same_seed_same_pixels_at_the_models_size(model: Markup2ImModel) -> None:
+    first = model.draw(FORMULAS[0], steps=10, seed=5)
+    again = model.draw([FORMULAS[0]], steps=10, seed=5)
+    other = model.draw([FORMULAS[0]], steps=10, seed=6)
+    assert len(first) == 1 and isinstance(first[0], Image.Image)
+    assert first[0].size == (WIDTH, HEIGHT) and first[0].mode == "L"
+    assert np.array_equal(pixels(first[0]), pixels(again[0]))
+    assert not np.array_equal(pixels(first[0]), pixels(other[0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++"])
+def test_a_batch_draws_what_single_draws_do(model: Markup2ImModel, sampler: str) -> None:
+    together = model.draw(FORMULAS, sampler=sampler, steps=8, seed=10)
+    in_twos = model.draw(FORMULAS, sampler=sampler, steps=8, seed=10, batch_size=2)
+    alone = [
+        model.draw([m], sampler=sampler, steps=8, seed=10 + i)[0] for i, m in enumerate(FORMULAS)
+    ]
+    for batch in (together, in_twos):
+        for a, b in zip(batch, alone, strict=True):
+            # the denoiser is batch-invariant to 1e-5: at most a rounding step apart
+            diff = np.abs(pixels(a).astype(int) - pixels(b).astype(int))
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+@pytest.mark.slow
+def test_frames_and_progress(model: Markup2ImModel) -> None:
+    calls: list[tuple[int, int]] = []
+    images, frames = model.draw(
+        FORMULAS[:2], steps=6, seed=0, frames=True, batch_size=1,
+        progress=lambda done, total: calls.append((done, total)),
+    )  # fmt: skip
+    assert len(images) == 2 and [len(f) for f in frames] == [6, 6]
+    assert all(f.size == images[0].size and f.mode == "L" for f in frames[0])
+    assert calls == [(i, 12) for i in range(1, 13)]
+    # the images are the same with frames kept or not
+    plain = model.draw(FORMULAS[:2], steps=6, seed=0)
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(images, plain, strict=True))
+
+
+@pytest.mark.slow
+def test_cli_draws_one_markup_and_its_gif(
+    tiny_model_dir: Path, model: Markup2ImModel, tmp_path: Path
+) -> None:
+    proc = draw_cli(
+        "--model-dir", tiny_model_dir, FORMULAS[1], "--output", "out.png", "--gif", "out.gif",
+        "--steps", "10", "--seed", "3", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote out.png: 64x16 L image, ddim 10 steps, seed 3" in proc.stdout
+    assert "wrote out.gif: denoising GIF, 10 frames" in proc.stdout
+    assert "draw ddim" in proc.stderr  # the progress bar
+    with Image.open(tmp_path / "out.png") as image:
+        assert image.size == (WIDTH, HEIGHT) and image.mode == "L"
+    with Image.open(tmp_path / "out.gif") as gif:
+        assert gif.format == "GIF" and gif.n_frames > 1
+    # the command line draws what the API draws
+    api = model.draw(FORMULAS[1], steps=10, seed=3)[0]
+    assert np.array_equal(pixels(tmp_path / "out.png"), pixels(api))
+
+
+@pytest.mark.slow
+def test_cli_markup_file_one_image_per_line_and_truncation_warning(
+    tiny_model_dir: Path, model: Markup2ImModel, tmp_path: Path
+) -> None:
+    lines = [FORMULAS[0], "", LONG, FORMULAS[2]]
+    (tmp_path / "f.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = draw_cli(
+        "--model-dir", tiny_model_dir, "--markup-file", "f.txt", "--output-dir", "out",
+        "--steps", "6", "--seed", "7", "--gifs", "--batch-size", "2", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    markups = [FORMULAS[0], LONG, FORMULAS[2]]
+    names = assign_filenames(markups)  # the names `markup2im render` gives the same file
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(names)
+    assert len(list(out.glob("*.gif"))) == 3
+    for name in names:
+        assert f"wrote {out.relative_to(tmp_path) / name}: line" in proc.stdout
+    over = len(LONG) - MAX_MARKUP
+    assert f"truncated 1 of 2 markups to {MAX_MARKUP} tokens, by {over} tokens" in proc.stderr
+    assert "truncated_tokens column" in proc.stderr
+    with (out / "manifest.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["line"] for r in rows] == ["1", "3", "4"]
+    assert [r["seed"] for r in rows] == ["7", "8", "9"]
+    assert [r["truncated_tokens"] for r in rows] == ["0", str(over), "0"]
+    assert [r["markup"] for r in rows] == markups
+    # markup i of the file is drawn with seed + i, so the last line is a single draw at seed 9
+    single = model.draw(FORMULAS[2], steps=6, seed=9)[0]
+    diff = np.abs(pixels(out / names[2]).astype(int) - pixels(single).astype(int))
+    assert diff.max() <= 1
+
+
+@pytest.mark.slow
+def test_jsonl_markup_file(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    source = tmp_path / "f.jsonl"
+    source.write_text("".join(json.dumps({"markup": m}) + "\n" for m in FORMULAS[:2]))
+    code = main([
+        "draw", "--model-dir", str(tiny_model_dir), "--markup-file", str(source),
+        "--output-dir", str(tmp_path / "out"), "--steps", "4",
+    ])  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == sorted(
+        assign_filenames(FORMULAS[:2])
+    )
+    assert "manifest: 2 of 2 markups drawn as 64x16 L images" in capsys.readouterr().out
