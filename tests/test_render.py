@@ -745,3 +745,18 @@ def test_real_lilypond_snippets_render_at_least_nine_in_ten():
     # the reasons left: an include the docs ship elsewhere, an example of an error, a score
     # too tall for 448 x 192, no music at all; never "spans pages"
     assert not [e for e in failures if "pages" in e or not e], failures
+
+
+def test_python_under_tmp_stays_visible_in_the_sandbox(tmp_path: Path, monkeypatch) -> None:
+    """A checkout or virtualenv under /tmp (CI clones there) is bound back over the empty /tmp."""
+    from markup2im.data.render import process
+
+    venv = Path(tempfile.mkdtemp(prefix="venv-", dir="/tmp"))
+    try:
+        monkeypatch.setattr(process, "_code_dirs", lambda: [venv])
+        argv = process.sandbox_argv(["true"], workdir=tmp_path, cwd=tmp_path, mask_fds={})
+        binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"]
+        assert str(venv) in binds
+        assert argv.index("/tmp") < argv.index(str(venv))  # bound after the empty /tmp
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)

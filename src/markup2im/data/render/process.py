@@ -189,8 +189,11 @@ def sandbox_argv(
         argv += ["--tmpfs", str(directory)]
     for path, fd in mask_fds.items():
         argv += ["--perms", "0644", "--ro-bind-data", str(fd), path]
+    # this Python and this package come back read-only where /tmp's or a hidden directory's
+    # empty mount covers them (a checkout or virtualenv under /tmp or a home directory)
+    covered = [*hidden, Path("/tmp")]
     for directory in _code_dirs():
-        if directory.is_dir() and any(_under(directory, h) for h in hidden):
+        if directory.is_dir() and any(_under(directory, h) for h in covered):
             argv += ["--ro-bind", str(directory), str(directory)]
     argv += ["--bind", str(workdir), str(workdir)]
     # read-only last: bwrap makes the mount points of the binds above inside these first
