@@ -202,6 +202,7 @@ def test_train_writes_model_log_and_checkpoints(tmp_path: Path, dataset_dir: Pat
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     model = Markup2ImModel.from_pretrained(out / "model")
     assert (model.height, model.width, model.channels) == (64, 64, 1)
+    assert model.domain == "tables"  # recorded in markup2im_model.json
 
 
 def test_logged_m_are_exactly_the_seeded_draws(tmp_path: Path, dataset_dir: Path) -> None:

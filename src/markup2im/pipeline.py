@@ -75,6 +75,7 @@ class Markup2ImModel(nn.Module):
         model_preset: str,
         max_markup_length: int,
         scheduler_config: dict | None = None,
+        domain: str | None = None,
     ) -> None:
         super().__init__()
         self.denoiser = denoiser
@@ -83,6 +84,7 @@ class Markup2ImModel(nn.Module):
         self.model_preset = model_preset
         self.max_markup_length = max_markup_length
         self.scheduler_config = plain_config(scheduler_config or DEFAULT_SCHEDULER_CONFIG)
+        self.domain = domain  # the markup domain it was trained on, when known
 
     @classmethod
     def from_config(
@@ -256,6 +258,7 @@ class Markup2ImModel(nn.Module):
             "encoder": self.encoder.name,
             "max_markup_length": self.max_markup_length,
             "cross_attention_dim": self.encoder.hidden_size,
+            **({"domain": self.domain} if self.domain else {}),
         }
 
     # -- directory ------------------------------------------------------------------------------
@@ -299,6 +302,7 @@ class Markup2ImModel(nn.Module):
             model_preset=str(record["model_preset"]),
             max_markup_length=int(record["max_markup_length"]),
             scheduler_config=plain_config(scheduler.config),
+            domain=record.get("domain"),
         )
         model.eval()
         if device is not None:

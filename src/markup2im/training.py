@@ -560,6 +560,7 @@ def _train(config: TrainConfig) -> TrainResult:
         max_markup_length=config.max_markup_length,
         prediction_type=config.prediction_type,
     )
+    model.domain = info.domain  # recorded with the model (the demo shows its examples)
     model.encoder.set_trainable(config.train_encoder)
     model.to(accelerator.device)
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
