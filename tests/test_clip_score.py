@@ -25,13 +25,7 @@ from markup2im.errors import ModelError
 from markup2im.metrics import evaluate_dirs
 from markup2im.visualize import metrics_table
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

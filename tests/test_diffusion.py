@@ -9,15 +9,7 @@ from diffusers import DDPMScheduler
 
 from markup2im.diffusion import NoiseSchedule
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors gain nothing from intra-op threads on a shared CPU; restored afterwards,
-    so that the setting does not leak into other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def paper_config() -> dict:

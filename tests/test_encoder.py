@@ -18,13 +18,7 @@ from markup2im.models.encoder import OFFLINE, MarkupEncoder
 MARKUPS = ["x^2", r"\frac{a}{b} + \sqrt{c}", "", "<table><tr><td>1</td></tr></table>"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models gain nothing from intra-op threads, and lose a lot on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

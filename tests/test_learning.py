@@ -32,14 +32,6 @@ STEPS = 600
 
 
 @pytest.fixture(scope="module")
-def threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def formulas_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six short synthetic formulas rendered by LaTeX; the test split holds the same ones."""
     root = tmp_path_factory.mktemp("learning")
@@ -52,7 +44,7 @@ def formulas_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(threads, formulas_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(one_thread, formulas_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("learning-run")
     train(
         TrainConfig(

@@ -14,13 +14,7 @@ CPU_PRESETS = [name for name in MODEL_PRESETS if name != "paper"]
 CTX = 64  # the offline encoder's width
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models gain nothing from intra-op threads, and lose a lot on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _count(model: torch.nn.Module) -> int:

@@ -46,13 +46,7 @@ FIXED_ROWS, FIXED_COLS, TEXT_ROWS = 64, 320, 1025
 OFFLINE_WIDTH = 64  # hidden size of the offline encoder (the cross-attention width)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models gain nothing from intra-op threads, and lose a lot on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the fork's model, written down independently of markup2im.original ----------------------

@@ -22,15 +22,7 @@ from markup2im.scheduled_sampling import (
     step_loss,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors gain nothing from intra-op threads on a shared CPU; restored afterwards,
-    so that the setting does not leak into other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyEps(torch.nn.Module):

@@ -80,14 +80,7 @@ def build_dataset(root: Path, sizes: dict[str, int], bad: dict[int, object] | No
     return root
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads on a shared CPU; restored afterwards, so
-    that other test modules keep their own setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
