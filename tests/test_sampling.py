@@ -140,6 +140,28 @@ def test_images_do_not_depend_on_batch_size(tmp_path: Path, model_dir: Path, dat
     )
 
 
+def test_only_some_examples_get_the_images_of_a_full_run(tmp_path, model_dir, dataset_dir):
+    """The workflow draws frames in a job of its own with --only: same noise, same images."""
+    generate(
+        model_dir, dataset_dir, tmp_path / "all", limit=3, batch_size=2, sampler="ddim",
+        num_inference_steps=4, seed=5, device="cpu",
+    )  # fmt: skip
+    result = generate(
+        model_dir, dataset_dir, tmp_path / "some", limit=3, batch_size=2, sampler="ddim",
+        num_inference_steps=4, seed=5, frames_every=2, only=["test_2.png"], device="cpu",
+    )  # fmt: skip
+    assert result.count == 1
+    assert [p.name for p in (tmp_path / "some" / "images").iterdir()] == ["test_2.png"]
+    assert [p.name for p in (tmp_path / "some" / "frames").iterdir()] == ["test_2"]
+    np.testing.assert_array_equal(
+        pixels(tmp_path / "all" / "images" / "test_2.png"),
+        pixels(tmp_path / "some" / "images" / "test_2.png"),
+    )
+    with pytest.raises(DataError, match=r"--only names files not among the first 3 .*test_7"):
+        generate(model_dir, dataset_dir, tmp_path / "x", limit=3, only=["test_7.png"],
+                 device="cpu")  # fmt: skip
+
+
 def test_generate_writes_images_gold_and_frames(tmp_path: Path, model_dir, dataset_dir) -> None:
     out = tmp_path / "out"
     result = generate(

@@ -181,9 +181,14 @@ def generate(
     seed: int = 1234,
     frames_every: int = 0,
     frames_for: Sequence[str] | None = None,
+    only: Sequence[str] | None = None,
     device: str = "auto",
 ) -> GenerateResult:
     """Generate the first ``limit`` examples of a split: images, gold images and frames.
+
+    ``only`` restricts the run to the examples of those filenames (among the first ``limit``).
+    Each example keeps the noise of its index in the split, so its image is the one a full run
+    makes: the workflow draws the denoising frames of a few examples in a job of their own.
 
     Writes output_dir/images/<filename>, output_dir/gold/<filename> and, with ``frames_every``,
     output_dir/frames/<stem>/step_<NNNN>.png for the examples named in ``frames_for`` (all
@@ -211,8 +216,19 @@ def generate(
     markups = [str(m) for m in data[info.markup_column]]
     if len(set(filenames)) != len(filenames):
         raise DataError(f"{dataset_dir} {split}: duplicate filenames")
-    wanted_frames = set(filenames if frames_for is None else frames_for)
-    missing = sorted(wanted_frames - set(filenames))
+    positions = list(range(count))
+    if only is not None:
+        unknown = sorted(set(only) - set(filenames))
+        if unknown:
+            raise DataError(
+                f"--only names files not among the first {count} {split} examples of "
+                f"{dataset_dir}: {unknown}"
+            )
+        keep = set(only)
+        positions = [i for i, name in enumerate(filenames) if name in keep]
+    filenames_kept = [filenames[i] for i in positions]
+    wanted_frames = set(filenames_kept if frames_for is None else frames_for)
+    missing = sorted(wanted_frames - set(filenames_kept))
     if frames_every and missing:
         raise DataError(f"--frames-for names files not among the generated examples: {missing}")
 
@@ -234,18 +250,18 @@ def generate(
             raise DataError(f"{stale} is a file; generate writes a directory there")
     logger.info(
         "generating %d %s images with %s (%d steps) on %s, batch %d",
-        count,
+        len(positions),
         split,
         sampler,
         steps,
         torch_device,
         batch_size,
     )
-    total = math.ceil(count / batch_size) * steps
+    total = math.ceil(len(positions) / batch_size) * steps
     progress = tqdm(total=total, desc=f"generate {sampler}", unit="step")
     try:
-        for start in range(0, count, batch_size):
-            indices = list(range(start, min(start + batch_size, count)))
+        for start in range(0, len(positions), batch_size):
+            indices = positions[start : start + batch_size]
             names = [filenames[i] for i in indices]
             for i, name in zip(indices, names, strict=True):
                 gold = load_image(
@@ -276,8 +292,8 @@ def generate(
     finally:
         progress.close()
     seconds = time.perf_counter() - started
-    logger.info("wrote %d images to %s in %.1f s", count, images_dir, seconds)
-    return GenerateResult(count, images_dir, gold_dir, frames_dir, seconds)
+    logger.info("wrote %d images to %s in %.1f s", len(positions), images_dir, seconds)
+    return GenerateResult(len(positions), images_dir, gold_dir, frames_dir, seconds)
 
 
 def _safe_name(filename: str) -> str:

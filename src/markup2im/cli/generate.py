@@ -53,6 +53,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="comma-separated filenames that get frames (default: all generated examples)",
     )
+    p.add_argument(
+        "--only",
+        type=name_list,
+        default=None,
+        help="comma-separated filenames: generate only these (each with the noise of its index "
+        "in the split, so the same image as a full run)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.set_defaults(func=run)
 
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         frames_every=args.frames_every,
         frames_for=args.frames_for,
+        only=args.only,
         device=args.device,
     )
     return 0
