@@ -1,4 +1,6 @@
-"""Datasets: download from the hub or render here, then pick the examples that get GIFs."""
+"""Datasets and encoders: download from the hub or render here, save each hub encoder to a local
+directory (so that no training job needs the network), and pick the examples that get GIFs.
+"""
 
 
 rule download_dataset:
@@ -9,7 +11,7 @@ rule download_dataset:
     benchmark:
         "benchmarks/data/{dataset}.tsv"
     wildcard_constraints:
-        dataset=_alternatives(HUB_DATASETS),
+        dataset=alternatives(PLAN.hub_datasets),
     conda:
         "../envs/markup2im.yaml"
     threads: resource("data", "threads")
@@ -17,14 +19,15 @@ rule download_dataset:
         mem_mb=resource("data", "mem_mb"),
         runtime=resource("data", "runtime"),
     params:
-        flags=hub_flags,
+        flags=per_dataset("hub_flags"),
+        version=version("data"),
     shell:
         "markup2im download {params.flags} --output-dir {output} > {log} 2>&1"
 
 
 rule build_dataset:
     input:
-        markup_file,
+        per_dataset("markup_file"),
     output:
         directory("results/{dataset}/data/dataset"),
     log:
@@ -32,7 +35,7 @@ rule build_dataset:
     benchmark:
         "benchmarks/data/{dataset}.tsv"
     wildcard_constraints:
-        dataset=_alternatives(RENDER_DATASETS),
+        dataset=alternatives(PLAN.render_datasets),
     conda:
         "../envs/markup2im.yaml"
     threads: resource("data", "threads")
@@ -40,9 +43,25 @@ rule build_dataset:
         mem_mb=resource("data", "mem_mb"),
         runtime=resource("data", "runtime"),
     params:
-        flags=render_flags,
+        flags=per_dataset("render_flags"),
+        version=version("data"),
     shell:
         "markup2im build-dataset {params.flags} --workers {threads}"
+        " --output-dir {output} > {log} 2>&1"
+
+
+rule fetch_encoder:
+    output:
+        directory(f"{ENCODER_DIR}/{{encoder}}"),
+    log:
+        "logs/encoders/{encoder}.log",
+    conda:
+        "../envs/markup2im.yaml"
+    params:
+        name=lambda w: ENCODERS[w.encoder].name,
+        revision=lambda w: ENCODERS[w.encoder].revision or "main",
+    shell:
+        "markup2im fetch-encoder --encoder {params.name:q} --revision {params.revision:q}"
         " --output-dir {output} > {log} 2>&1"
 
 
@@ -53,13 +72,8 @@ checkpoint select_examples:
         examples="results/{dataset}/data/frames_examples.txt",
     log:
         "logs/data/{dataset}_examples.log",
-    benchmark:
-        "benchmarks/data/{dataset}_examples.tsv"
     conda:
         "../envs/markup2im.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=10,
     params:
         split=generate_setting("split"),
         frames=generate_setting("frames"),

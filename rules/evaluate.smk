@@ -19,7 +19,8 @@ rule evaluate:
         mem_mb=resource("evaluate", "mem_mb"),
         runtime=resource("evaluate", "runtime"),
     params:
-        flags=evaluate_flags,
+        flags=lambda w: PLAN.evaluate_flags(),
+        version=version("evaluate"),
     shell:
         "markup2im evaluate --pred-dir {input.samples}/images --gold-dir {input.samples}/gold"
         " --output {output.table} --summary {output.summary} --workers {threads}"

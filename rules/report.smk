@@ -6,7 +6,7 @@ GIFs and tables are wrapped in self-contained HTML pages so that the report show
 
 rule gif_denoise:
     input:
-        samples=rules.generate.output.samples,
+        frames=rules.frames.output.frames,
     output:
         gif="results/{dataset}/{method}/{sampler}/gifs/{example}.gif",
         page=report(
@@ -31,11 +31,12 @@ rule gif_denoise:
         mem_mb=resource("figures", "mem_mb"),
         runtime=resource("figures", "runtime"),
     params:
+        version=version("figures"),
         every=gif_every(panels=1),
         hold=config["gif"]["final_hold_ms"],
         title=page_title("{dataset}: {method}, {sampler}, example {example}"),
     shell:
-        "(markup2im gif denoise --frames-dir {input.samples}/frames/{wildcards.example}"
+        "(markup2im gif denoise --frames-dir {input.frames}/{wildcards.example}"
         " --output {output.gif} --every {params.every} --final-hold-ms {params.hold}"
         " && markup2im figures html --input {output.gif} --output {output.page}"
         " --title {params.title}) > {log} 2>&1"
@@ -43,7 +44,8 @@ rule gif_denoise:
 
 rule gif_compare:
     input:
-        unpack(compare_inputs),
+        frames=by_method("results/{dataset}/{method}/{sampler}/frames"),
+        gold=by_method("results/{dataset}/{method}/{sampler}/samples"),
         examples=rules.select_examples.output.examples,
     output:
         gif="results/{dataset}/figures/{sampler}/compare/{example}.gif",
@@ -69,7 +71,8 @@ rule gif_compare:
         mem_mb=resource("figures", "mem_mb"),
         runtime=resource("figures", "runtime"),
     params:
-        gold=compare_gold,
+        version=version("figures"),
+        gold=lambda w, input: shlex.quote(f"{input.gold[0]}/gold/{example_filename(w)}"),
         frames=compare_frames,
         every=gif_every(panels=1 + len(METHODS)),
         title=page_title("{dataset}: gold | methods, {sampler}, example {example}"),
@@ -82,7 +85,7 @@ rule gif_compare:
 
 rule metrics_table:
     input:
-        summary_inputs,
+        lambda w: PLAN.summary_inputs(),
     output:
         table="results/summary/metrics_table.csv",
         page=report(
@@ -103,7 +106,8 @@ rule metrics_table:
         mem_mb=resource("figures", "mem_mb"),
         runtime=resource("figures", "runtime"),
     params:
-        summaries=labelled("--summary", summary_labels),
+        version=version("figures"),
+        summaries=labelled("--summary", lambda w: PLAN.summary_labels()),
     shell:
         "markup2im figures metrics-table {params.summaries} --output {output.table}"
         " --html {output.page} > {log} 2>&1"
@@ -133,6 +137,7 @@ rule paired:
         mem_mb=resource("figures", "mem_mb"),
         runtime=resource("figures", "runtime"),
     params:
+        version=version("figures"),
         title=paired_title,
         resamples=10000,
         seed=0,
@@ -146,7 +151,7 @@ rule paired:
 
 rule paired_table:
     input:
-        paired_tables,
+        lambda w: PLAN.paired_tables(),
     output:
         table="results/summary/paired_table.csv",
         page=report(
@@ -167,7 +172,8 @@ rule paired_table:
         mem_mb=resource("figures", "mem_mb"),
         runtime=resource("figures", "runtime"),
     params:
-        paired=labelled("--paired", paired_labels),
+        version=version("figures"),
+        paired=labelled("--paired", lambda w: PLAN.paired_labels()),
     shell:
         "markup2im figures paired-table {params.paired} --output {output.table}"
         " --html {output.page} > {log} 2>&1"
@@ -175,7 +181,7 @@ rule paired_table:
 
 rule metric_plots:
     input:
-        sampler_metrics,
+        by_method("results/{dataset}/{method}/{sampler}/metrics.csv"),
     output:
         report(
             "results/{dataset}/figures/{sampler}/metric_distributions.png",
@@ -195,14 +201,18 @@ rule metric_plots:
         mem_mb=resource("figures", "mem_mb"),
         runtime=resource("figures", "runtime"),
     params:
-        metrics=labelled("--metrics", method_names),
+        version=version("figures"),
+        metrics=labelled("--metrics", method_labels),
     shell:
         "markup2im figures metric-plots {params.metrics} --output {output} > {log} 2>&1"
 
 
 rule loss_curves:
     input:
-        train_logs,
+        lambda w: [
+            f"results/{w.dataset}/{m}/train_log.csv"
+            for m in PLAN.trained_methods(w.dataset)
+        ],
     output:
         report(
             "results/{dataset}/figures/loss_curves.png",
@@ -222,14 +232,15 @@ rule loss_curves:
         mem_mb=resource("figures", "mem_mb"),
         runtime=resource("figures", "runtime"),
     params:
-        logs=labelled("--train-log", trained_method_names),
+        version=version("figures"),
+        logs=labelled("--train-log", trained_labels),
     shell:
         "markup2im figures loss-curves {params.logs} --output {output} > {log} 2>&1"
 
 
 rule sample_grid:
     input:
-        method_dirs,
+        by_method("results/{dataset}/{method}/{sampler}/samples"),
     output:
         report(
             "results/{dataset}/figures/{sampler}/samples_grid.png",
@@ -249,8 +260,9 @@ rule sample_grid:
         mem_mb=resource("figures", "mem_mb"),
         runtime=resource("figures", "runtime"),
     params:
-        gold=grid_gold,
-        preds=labelled("--pred", method_names, "images"),
+        version=version("figures"),
+        gold=lambda w, input: shlex.quote(f"{input[0]}/gold"),
+        preds=labelled("--pred", method_labels, "images"),
         limit=config["figures"]["grid_limit"],
     shell:
         "markup2im figures grid --gold-dir {params.gold} {params.preds}"

@@ -13,6 +13,7 @@ rerun rebuilds one that an interrupted job removed.
 rule train:
     input:
         data="results/{dataset}/data/dataset",
+        encoder=per_dataset("encoder_input"),
     output:
         model=directory("results/{dataset}/{method}/train/model"),
         train_log="results/{dataset}/{method}/train_log.csv",
@@ -20,21 +21,35 @@ rule train:
         "logs/train/{dataset}/{method}.log",
     benchmark:
         "benchmarks/train/{dataset}/{method}.tsv"
+    # A job that stops before its Slurm time limit (walltime_margin) fails after saving a
+    # checkpoint and a retry resumes from it, so training may span `chunks` jobs (with one
+    # chunk, --retries applies as to any rule).
+    retries: config["resources"]["train"]["chunks"] - 1 or None
     conda:
         "../envs/markup2im.yaml"
     threads: resource("train", "threads")
     resources:
         gpu=train_gpus,
+        gpu_model=gpu_model(train_gpus),
+        nodes=1,
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),
+        walltime_margin=resource("train", "walltime_margin"),
+        checkpoint_every=train_setting("checkpoint_every"),
+        checkpoints_total_limit=train_setting("checkpoints_total_limit"),
     params:
         rundir=subpath(output.model, parent=True),
-        launch=accelerate_flags,
         flags=train_flags,
+        # the number of processes sets the global batch: a change retrains
+        processes=train_gpus,
+        version=version("train"),
+        launch=accelerate_flags,
     shell:
-        "accelerate launch {params.launch} --num_cpu_threads_per_process {threads}"
-        " -m markup2im train --dataset-dir {input.data} --output-dir {params.rundir}"
-        " {params.flags} > {log} 2>&1"
+        "accelerate launch {params.launch} -m markup2im train --dataset-dir {input.data}"
+        " --output-dir {params.rundir} {params.flags}"
+        " --checkpoint-every {resources.checkpoint_every}"
+        " --checkpoints-total-limit {resources.checkpoints_total_limit}"
+        " --walltime-margin {resources.walltime_margin} > {log} 2>&1"
         " && cp {params.rundir}/train_log.csv {output.train_log}.tmp"
         " && mv {output.train_log}.tmp {output.train_log}"
         " && rm -rf {params.rundir}/checkpoints"
@@ -43,6 +58,7 @@ rule train:
 rule import_original:
     input:
         checkpoint=released_checkpoint,
+        encoder=per_dataset("encoder_input"),
     output:
         model=directory("results/{dataset}/{method}/released/model"),
     log:
@@ -50,14 +66,14 @@ rule import_original:
     benchmark:
         "benchmarks/import_original/{dataset}/{method}.tsv"
     wildcard_constraints:
-        dataset=_alternatives(RELEASED_DATASETS),
+        dataset=alternatives(PLAN.released_datasets),
     conda:
         "../envs/markup2im.yaml"
     resources:
         mem_mb=8000,
         runtime=30,
     params:
-        flags=import_flags,
+        flags=per_dataset("import_flags"),
     shell:
         "markup2im import-original --checkpoint {input.checkpoint} {params.flags}"
         " --output-dir {output.model} > {log} 2>&1"

@@ -9,6 +9,7 @@ the cluster (not root, or the Debian packages absent); in CI (CI=true) they fail
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -337,3 +338,266 @@ def test_cluster_script_refuses_unknown_commands():
     done = subprocess.run(["bash", str(CLUSTER_SCRIPT), "bogus"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "usage" in done.stderr
+
+
+# ---- the workflow's own profile (profiles/slurm), installed as the named profile `slurm` -------
+
+INSTALL_SCRIPT = REPO / "scripts" / "install_profile.sh"
+# What the local cluster needs besides profiles/slurm: its account, smaller defaults, quick polling.
+LOCAL_OVERRIDES = [
+    "--jobs", "4",
+    "--latency-wait", "5",
+    "--seconds-between-status-checks", "2",
+    "--slurm-init-seconds-before-status-checks", "2",
+    "--slurm-keep-successful-logs",
+    "--default-resources", "slurm_account=markup2im", "runtime=10", "mem_mb=500",
+]  # fmt: skip
+
+
+def install_profile(config_home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(config_home)}
+    return subprocess.run(
+        ["bash", str(INSTALL_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.slow
+def test_named_profile_is_installed_once_and_never_overwritten(tmp_path):
+    home = tmp_path / "config"
+    installed = home / "snakemake" / "slurm" / "config.yaml"
+    first = install_profile(home)
+    assert first.returncode == 0, first.stderr
+    assert installed.read_text() == (SLURM_PROFILE / "config.yaml").read_text()
+    again = install_profile(home)
+    assert again.returncode == 0 and "already installed" in again.stdout
+    installed.write_text(installed.read_text() + "# my partition\n")
+    changed = install_profile(home)
+    assert changed.returncode == 1 and "differs" in changed.stderr
+    assert installed.read_text().endswith("# my partition\n")  # the user's edit stays
+    assert install_profile(home, "../x").returncode == 2
+    # `snakemake --profile slurm` finds it (a dry run checks every key of the profile)
+    write_snakefile(
+        tmp_path / "wf", 'rule all:\n    output: "x.txt"\n    shell: "touch {output}"\n'
+    )
+    done = subprocess.run(
+        [str(VENV_BIN / "snakemake"), "--profile", "slurm", "-n"],
+        cwd=tmp_path / "wf",
+        env={**os.environ, "XDG_CONFIG_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rule all" in done.stdout
+
+
+def workflow_config(workdir: Path, name: str, **changes) -> Path:
+    """config/micro.yaml with ``changes`` merged into the micro dataset (and ``resources``)."""
+    config = yaml.safe_load((REPO / "config" / "micro.yaml").read_text())
+    dataset = config["datasets"]["micro"]
+    for key, value in changes.items():
+        target = config if key == "resources" else dataset
+        if isinstance(value, dict):
+            for sub, entry in value.items():
+                if isinstance(entry, dict):
+                    target.setdefault(key, {}).setdefault(sub, {}).update(entry)
+                else:
+                    target.setdefault(key, {})[sub] = entry
+        else:
+            target[key] = value
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class NamedProfileRun(SnakemakeRun):
+    """Snakemake with `--profile slurm` (profiles/slurm installed under XDG_CONFIG_HOME)."""
+
+    def __init__(self, args: list[str], workdir: Path, cluster: Cluster, env: dict[str, str]):
+        home = workdir / "xdg-config"
+        installed = install_profile(home)
+        assert installed.returncode == 0, installed.stderr
+        local = Cluster(env={**cluster.env, "XDG_CONFIG_HOME": str(home), **env})
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            ["--profile", "slurm", *LOCAL_OVERRIDES, "-s", str(REPO / "Snakefile"), *args],
+            workdir,
+            local,
+        )
+
+    def submitted_rules(self) -> set[str]:
+        return {m.group(3) for m in SUBMITTED.finditer(self.output)}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_workflow_on_the_real_profile_two_gpus_on_one_node_and_no_network_jobs(
+    slurm_cluster, tmp_path
+):
+    """The micro workflow through profiles/slurm with a hub encoder and 2 GPUs per training job:
+    the encoder fetch, the example lists and the figures run where Snakemake runs; each training
+    job is one node with two accelerate processes; sacct shows what the config asked for."""
+    from tiny_model import tiny_hub_cache
+
+    config = workflow_config(
+        tmp_path, "two_gpus", gpu=2,
+        model={"encoder": "markup2im-test/tiny-gpt-neo", "max_markup_length": 48},
+        resources={"train": {"threads": 2, "mem_mb": 1800, "runtime": 9}},
+    )  # fmt: skip
+    env = {
+        "HF_HUB_CACHE": str(tiny_hub_cache(tmp_path)),
+        # the node's GPUs are fake: accelerate's --multi_gpu processes then run on the CPU (gloo)
+        "ACCELERATE_USE_CPU": "1",
+    }
+    workdir = tmp_path / "run"
+    args = ["--configfile", str(config), "--set-resources", "generate:mem_mb=1500"]
+    run = NamedProfileRun(args, workdir, slurm_cluster, env)
+    rc = run.wait(timeout=1500)
+    assert rc == 0, run.output[-8000:]
+
+    assert run.submitted_rules() <= {"build_dataset", "train", "generate", "frames", "evaluate"}
+    assert {"train", "generate", "frames", "evaluate"} <= run.submitted_rules()
+    assert "markup2im fetch-encoder" in run.output  # it ran, on this machine
+    # every job of the run in the accounting database is one Snakemake submitted
+    run_id = re.search(r"SLURM run ID: (\S+)", run.output).group(1)
+    accounted = slurm_cluster.slurm("sacct", "-n", "-X", "-P", "--name", run_id, "-o", "JobID")
+    submitted = {m.group(1) for m in SUBMITTED.finditer(run.output)}
+    assert set(accounted.split()) == submitted
+
+    for job_id in run.job_ids("train"):
+        ((state, nodes, cpus, mem, limit, tres),) = slurm_cluster.sacct(
+            job_id, "State,NNodes,ReqCPUS,ReqMem,Timelimit,AllocTRES"
+        )
+        assert (state, nodes, cpus, mem, limit) == ("COMPLETED", "1", "2", "1800M", "00:09:00")
+        assert "gres/gpu=2" in tres.split(","), tres
+    for method in ("baseline", "scheduled_sampling"):
+        log = (workdir / "logs" / "train" / "micro" / f"{method}.log").read_text()
+        assert "process 0 of 2 (cpu, 1 torch threads)" in log, log[-3000:]
+        assert "process 1 of 2 (cpu, 1 torch threads)" in log, log[-3000:]
+    for job_id in run.job_ids("generate"):
+        ((state, cpus, mem, limit, tres),) = slurm_cluster.sacct(
+            job_id, "State,ReqCPUS,ReqMem,Timelimit,AllocTRES"
+        )
+        assert (state, cpus, mem, limit) == ("COMPLETED", "1", "1500M", "00:10:00")
+        assert "gres/gpu=1" in tres.split(","), tres
+    model = json.loads(
+        (workdir / "results/micro/baseline/train/model/markup2im_model.json").read_text()
+    )
+    assert model["encoder"] == "markup2im-test/tiny-gpt-neo"
+
+
+LONG_TRAINING = {"max_steps": 300, "checkpoint_every": 100}
+
+
+def trained_weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(model_dir.rglob("*.safetensors"))
+    assert files, f"no weights in {model_dir}"
+    return {str(f.relative_to(model_dir)): load_file(f) for f in files}
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    import torch
+
+    left, right = trained_weights(a), trained_weights(b)
+    assert left.keys() == right.keys()
+    for name in left:
+        assert left[name].keys() == right[name].keys()
+        for key in left[name]:
+            assert torch.equal(left[name][key], right[name][key]), f"{name}: {key} differs"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_model(tmp_path_factory) -> Path:
+    """The baseline model of the long-training config, trained in one go here (no Slurm)."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    config = workflow_config(workdir, "long", gpu=1, train=LONG_TRAINING)
+    target = "results/micro/baseline/train/model"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(
+        [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--cores", "1",
+         "--configfile", str(config), target],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return workdir / target
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_training_longer_than_its_time_limit_spans_several_jobs(
+    slurm_cluster, tmp_path, uninterrupted_model
+):
+    """The real train rule with a 1-minute limit: it checkpoints and stops 30 s before the limit,
+    the retry resumes, and the model is bit for bit the one trained in one go."""
+    config = workflow_config(
+        tmp_path, "long", gpu=1, train=LONG_TRAINING,
+        resources={"train": {"runtime": 1, "walltime_margin": 30, "chunks": 6}},
+    )  # fmt: skip
+    workdir = tmp_path / "run"
+    run = NamedProfileRun(
+        ["--configfile", str(config), "results/micro/baseline/train/model"],
+        workdir,
+        slurm_cluster,
+        {},
+    )
+    rc = run.wait(timeout=900)
+    assert rc == 0, run.output[-8000:]
+    jobs = run.job_ids("train")
+    assert len(jobs) >= 2, run.output[-4000:]
+    states = [slurm_cluster.sacct(j, "State,Timelimit")[0] for j in jobs]
+    assert states[-1] == ["COMPLETED", "00:01:00"], states
+    assert all(state == "FAILED" for state, _ in states[:-1]), states  # stopped, not TIMEOUT
+    # the last job's log (each job rewrites it) starts from the previous job's checkpoint
+    log = (workdir / "logs" / "train" / "micro" / "baseline.log").read_text()
+    assert "resum" in log.lower(), log[-3000:]
+    assert_same_weights(workdir / "results/micro/baseline/train/model", uninterrupted_model)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_preempted_training_job_resumes_and_ends_with_the_same_model(
+    slurm_cluster, tmp_path, uninterrupted_model
+):
+    """The real train rule preempted by a higher-tier job: SIGTERM, a checkpoint, a requeue, a
+    resume, and the model of an uninterrupted run."""
+    config = workflow_config(tmp_path, "long", gpu=1, train=LONG_TRAINING)
+    workdir = tmp_path / "run"
+    train_log = workdir / "results" / "micro" / "baseline" / "train" / "train_log.csv"
+    run = NamedProfileRun(
+        ["--configfile", str(config), "results/micro/baseline/train/model"],
+        workdir,
+        slurm_cluster,
+        {},
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (train_log.exists() and len(train_log.read_text().splitlines()) > 30):
+            assert run.process.poll() is None, run.output[-6000:]
+            assert time.monotonic() < deadline, "training never started:\n" + run.output[-6000:]
+            time.sleep(0.5)
+        (job_id,) = run.job_ids("train")
+        slurm_cluster.slurm(
+            "sbatch", "--parsable", "-p", "urgent", "--gpus=2", "--mem=100", "-o", "/dev/null",
+            "-A", "markup2im", "--wrap", "sleep 1",
+        )  # fmt: skip
+        released = False
+        deadline = time.monotonic() + 300
+        while run.process.poll() is None and time.monotonic() < deadline:
+            reason = slurm_cluster.slurm("squeue", "-h", "-j", job_id, "-o", "%r").strip()
+            if reason == "BeginTime" and not released:
+                slurm_cluster.slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+                released = True
+            time.sleep(1)
+        rc = run.wait(timeout=300)
+    finally:
+        run.kill()
+    assert rc == 0, run.output[-6000:]
+    assert released, "the training job was never requeued"
+    states = [row[0] for row in slurm_cluster.sacct(job_id, "State", duplicates=True)]
+    assert states[0] == "PREEMPTED" and states[-1] == "COMPLETED", states
+    log = (workdir / "logs" / "train" / "micro" / "baseline.log").read_text()
+    assert "resum" in log.lower(), log[-3000:]  # the requeued job's log
+    assert_same_weights(workdir / "results/micro/baseline/train/model", uninterrupted_model)

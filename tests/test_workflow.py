@@ -265,8 +265,9 @@ def test_default_config_plans_the_whole_dag(tmp_path: Path) -> None:
     assert "--domain math --synthetic" in build
     for c in (c for c in commands if "markup2im train" in c):
         assert c.startswith("accelerate launch ")
-        assert "--cpu --num_processes 1" in c
+        assert "--num_cpu_threads_per_process 1 --cpu --num_processes 1" in c
         assert "--model-preset small --encoder offline" in c
+        assert "--checkpoint-every 200 --checkpoints-total-limit 2 --walltime-margin 300" in c
     generate = [c for c in commands if "markup2im generate" in c]
     assert len(generate) == 2
     assert all("--sampler ddim --num-inference-steps 10" in c for c in generate)
@@ -291,6 +292,7 @@ def test_paper_config_plans_hub_datasets_on_gpus(tmp_path: Path) -> None:
     assert proc.returncode == 0, text
     counts = job_counts(text)
     assert counts["download_dataset"] == 4
+    assert counts["fetch_encoder"] == 2  # gpt-neo-125M for three datasets, ChemBERTa
     assert counts["train"] == 8
     assert counts["generate"] == counts["evaluate"] == 16  # 4 datasets x 2 methods x 2 samplers
     assert counts["paired"] == 8 and counts["paired_table"] == 1  # 4 datasets x 2 samplers
@@ -310,18 +312,34 @@ def test_paper_config_plans_hub_datasets_on_gpus(tmp_path: Path) -> None:
     others = [c for c in train if "results/music/" not in c]
     assert all("--num_processes 1 --main_process_port 0" in c and "--cpu" not in c for c in others)
     assert all("--model-preset paper" in c and "--batch-size 16" in c for c in train)
+    # training reads the encoders that fetch_encoder saved (compute nodes need no internet)
     molecules = [c for c in train if "results/molecules/" in c]
-    assert all("--encoder DeepChem/ChemBERTa-77M-MLM" in c for c in molecules)
+    assert all("--encoder results/encoders/DeepChem--ChemBERTa-77M-MLM " in c for c in molecules)
     assert all(
-        "--encoder EleutherAI/gpt-neo-125M" in c for c in others + music if c not in molecules
+        "--encoder results/encoders/EleutherAI--gpt-neo-125M " in c
+        for c in others + music
+        if c not in molecules
     )
+    fetches = [c for c in commands if "markup2im fetch-encoder" in c]
+    assert sorted(fetches) == [
+        "markup2im fetch-encoder --encoder DeepChem/ChemBERTa-77M-MLM --revision main"
+        " --output-dir results/encoders/DeepChem--ChemBERTa-77M-MLM > "
+        "logs/encoders/DeepChem--ChemBERTa-77M-MLM.log 2>&1",
+        "markup2im fetch-encoder --encoder EleutherAI/gpt-neo-125M --revision main"
+        " --output-dir results/encoders/EleutherAI--gpt-neo-125M > "
+        "logs/encoders/EleutherAI--gpt-neo-125M.log 2>&1",
+    ]
+    # music: 4 processes share the job's threads (16, capped to the 2 of --cores here)
+    assert all("--num_cpu_threads_per_process 1 " in c for c in music)
     generate = [c for c in commands if "markup2im generate" in c]
     assert sum("--sampler ddpm --num-inference-steps 1000" in c for c in generate) == 8
     assert sum("--sampler dpmsolver++" in c for c in generate) == 8
     assert not any("--limit" in c for c in generate)  # full test sets
-    # the gpu resource that Slurm turns into --gpus, per training job
+    # the gpu resource that Slurm turns into --gpus, per training job, always on one node
     gpus = re.findall(r"rule train:.*?resources: [^\n]*?gpu=(\d+)", text, re.S)
     assert sorted(gpus) == ["1"] * 6 + ["4"] * 2
+    nodes = re.findall(r"rule train:.*?resources: [^\n]*?nodes=(\d+)", text, re.S)
+    assert nodes == ["1"] * 8
 
 
 def released_checkpoints(workdir: Path, config: dict) -> list[Path]:
@@ -353,12 +371,12 @@ def test_released_config_imports_generates_and_evaluates_without_training(tmp_pa
     math_ss = next(c for c in imports if "results/math/scheduled_sampling/" in c)
     assert (
         "--checkpoint released/math/scheduled_sampling/model_e100_lr0.0001.pt.100 --domain math"
-        " --encoder EleutherAI/gpt-neo-125M --model-preset paper"
+        " --encoder results/encoders/EleutherAI--gpt-neo-125M --model-preset paper"
         " --output-dir results/math/scheduled_sampling/released/model"
     ) in math_ss
     molecules = [c for c in imports if "--domain molecules" in c]
     assert len(molecules) == 2
-    assert all("--encoder DeepChem/ChemBERTa-77M-MLM" in c for c in molecules)
+    assert all("--encoder results/encoders/DeepChem--ChemBERTa-77M-MLM" in c for c in molecules)
     generate = [c for c in commands if "markup2im generate" in c]
     assert all("/released/model " in c for c in generate)
     assert sum("--sampler ddpm --num-inference-steps 1000" in c for c in generate) == 8
@@ -600,6 +618,7 @@ def test_changed_generation_setting_reruns_generation_onward_only(micro_run: Pat
     assert proc.returncode == 0, text
     assert job_counts(text) == {
         "generate": 2,
+        "frames": 2,
         "evaluate": 2,
         "gif_denoise": 2,
         "gif_compare": 1,
@@ -611,6 +630,66 @@ def test_changed_generation_setting_reruns_generation_onward_only(micro_run: Pat
         "all": 1,
     }
     assert "Params have changed" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override",
+    [
+        "datasets={micro: {generate: {batch_size: 1}}}",
+        "datasets={micro: {train: {checkpoint_every: 5, checkpoints_total_limit: 7}}}",
+        "resources={train: {walltime_margin: 60, chunks: 3}}",
+    ],
+)
+def test_settings_that_leave_outputs_alone_rerun_nothing(micro_run: Path, override: str) -> None:
+    proc = snakemake(micro_run, "--configfile", MICRO, "--config", override, "-n")
+    assert proc.returncode == 0, output_of(proc)
+    assert "Nothing to be done" in output_of(proc), output_of(proc)
+
+
+@pytest.mark.slow
+def test_process_count_and_code_version_rerun_what_they_change(micro_run: Path) -> None:
+    # more GPUs, more processes: a larger global batch, another model
+    proc = snakemake(micro_run, "--configfile", MICRO, "--config", "datasets={micro: {gpu: 2}}",
+                     "-n")  # fmt: skip
+    text = output_of(proc)
+    assert proc.returncode == 0, text
+    assert job_counts(text)["train"] == 2 and "Params have changed" in text
+    # a bumped code_version.generate reruns generation onward, not training
+    proc = snakemake(micro_run, "--configfile", MICRO, "--config", "code_version={generate: 1}",
+                     "-n")  # fmt: skip
+    counts = job_counts(output_of(proc))
+    assert counts["generate"] == counts["frames"] == 2, counts
+    assert "train" not in counts and "build_dataset" not in counts
+
+
+@pytest.mark.slow
+def test_frame_settings_rerun_only_the_frames_and_gifs(micro_copy: Path) -> None:
+    """Frames are a job of their own: other examples or more frames leave the samples, the
+    metrics and the models alone, and the frames end on the very images of the samples."""
+    run = micro_copy / "results" / "micro"
+    untouched = [*run.glob("*/ddim4/samples/images/*.png"), *run.glob("*/ddim4/metrics.csv")]
+    before = {p: p.stat().st_mtime_ns for p in untouched}
+    override = "datasets={micro: {generate: {frames_for: [test_2.png, test_3.png]}}}"
+    proc = snakemake(micro_copy, "--configfile", MICRO, "--config", override,
+                     timeout=RUN_TIMEOUT)  # fmt: skip
+    assert_ok(proc, micro_copy)
+    counts = job_counts(output_of(proc))
+    assert counts.get("frames") == 2 and "generate" not in counts and "train" not in counts
+    assert "evaluate" not in counts, counts
+    assert {p: p.stat().st_mtime_ns for p in untouched} == before
+    for method in ("baseline", "scheduled_sampling"):
+        frames = run / method / "ddim4" / "frames"
+        assert sorted(p.name for p in frames.iterdir()) == ["test_2", "test_3"]
+        last = sorted((frames / "test_3").iterdir())[-1]
+        final = pixels_of(run / method / "ddim4" / "samples" / "images" / "test_3.png")
+        assert np.abs(pixels_of(last).astype(int) - final.astype(int)).max() <= 1
+        assert (run / method / "ddim4" / "gifs" / "test_3.gif").is_file()
+
+
+def pixels_of(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
 
 
 @pytest.mark.slow
@@ -700,6 +779,45 @@ def test_micro_run_is_reproducible_from_nothing(
 
 
 @pytest.mark.slow
+def micro_with_hub_encoder(workdir: Path) -> Path:
+    """config/micro.yaml whose encoder is a hub name pinned to a commit (served by a local hub
+    cache: see tiny_model.tiny_hub_cache)."""
+    from tiny_model import TINY_HUB_COMMIT, TINY_HUB_NAME
+
+    config = yaml.safe_load(MICRO.read_text())
+    model = config["datasets"]["micro"]["model"]
+    model.update(encoder=TINY_HUB_NAME, encoder_revision=TINY_HUB_COMMIT, max_markup_length=48)
+    return write_config(workdir / "hub_encoder.yaml", config)
+
+
+@pytest.mark.slow
+def test_hub_encoder_is_saved_once_and_training_needs_no_hub(tmp_path: Path, monkeypatch) -> None:
+    """fetch_encoder saves the pinned hub encoder; training then reads only that copy (the hub
+    cache is gone by then) and the model still records the hub name."""
+    from tiny_model import TINY_HUB_COMMIT, TINY_HUB_NAME, tiny_hub_cache
+
+    cache = tiny_hub_cache(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    workdir = tmp_path / "run"
+    config = micro_with_hub_encoder(tmp_path)
+    encoder_dir = f"results/encoders/markup2im-test--tiny-gpt-neo@{TINY_HUB_COMMIT}"
+    proc = snakemake(workdir, "--configfile", config, encoder_dir, timeout=RUN_TIMEOUT)
+    assert_ok(proc, workdir)
+    assert job_counts(output_of(proc)) == {"fetch_encoder": 1}
+    record = json.loads((workdir / encoder_dir / "markup2im_encoder.json").read_text())
+    assert record["name"] == TINY_HUB_NAME
+
+    shutil.rmtree(cache)  # like a compute node: no hub, no cache
+    model = "results/micro/baseline/train/model"
+    proc = snakemake(workdir, "--configfile", config, "-p", model, timeout=RUN_TIMEOUT)
+    assert_ok(proc, workdir)
+    assert job_counts(output_of(proc)) == {"build_dataset": 1, "train": 1}
+    (train,) = [c for c in shell_commands(output_of(proc)) if "markup2im train" in c]
+    assert f"--encoder {encoder_dir} " in train
+    saved = json.loads((workdir / model / "markup2im_model.json").read_text())
+    assert saved["encoder"] == TINY_HUB_NAME
+
+
 def test_own_markup_file_becomes_a_dataset(tmp_path: Path) -> None:
     """A config entry pointing at a markup file and a domain runs through the workflow."""
     formulas = [

@@ -41,3 +41,23 @@ def train_tiny_model(root: Path) -> Path:
         )  # fmt: skip
     )
     return root / "run" / "model"
+
+
+TINY_HUB_NAME = "markup2im-test/tiny-gpt-neo"
+TINY_HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def tiny_hub_cache(root: Path) -> Path:
+    """A Hugging Face hub cache holding one tiny GPT-Neo as ``TINY_HUB_NAME`` at
+    ``TINY_HUB_COMMIT`` (also its ``main``): point HF_HUB_CACHE at it and, offline, a hub name
+    loads through the hub code path without a network."""
+    import shutil
+
+    from test_encoder import _gpt_neo_dir
+
+    cache = root / "hub-cache"
+    repo = cache / f"models--{TINY_HUB_NAME.replace('/', '--')}"
+    shutil.copytree(_gpt_neo_dir(root), repo / "snapshots" / TINY_HUB_COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(TINY_HUB_COMMIT)
+    return cache

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "render": "render",
     "build-dataset": "build_dataset",
     "download": "download",
+    "fetch-encoder": "fetch_encoder",
     "train": "train",
     "import-original": "import_original",
     "generate": "generate",
