@@ -287,3 +287,85 @@ def test_bad_local_paths(tmp_path):
         MarkupEncoder.load(str(empty), max_length=16)
     with pytest.raises(ModelError, match="markup2im_encoder.json"):
         MarkupEncoder.from_pretrained(empty)
+
+
+SMILES = ["CCO", "c1ccccc1O", "C(=O)N", "CCOCCOCCOCCOCCOCCOCCO"]
+
+
+def _original_collate(tokenizer, markups: list[str], max_length: int) -> list[list[int]]:
+    """The original code's attended ids (train.py / generate.py: preprocess_formula + collate_fn)."""
+    eos_id = tokenizer.encode(tokenizer.eos_token)[0]
+    rows = []
+    for formula in markups:
+        ids = tokenizer(formula, truncation=True, max_length=max_length)["input_ids"]
+        rows.append(ids + [eos_id])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def roberta_dir(tmp_path_factory) -> Path:
+    return _roberta_dir(tmp_path_factory.mktemp("chemberta") / "roberta")
+
+
+def test_roberta_end_token_is_the_originals(roberta_dir):
+    """ChemBERTa-style tokenizers: the original appended encode(eos)[0], which is <s>, after the
+    tokenizer's own <s> ... </s>; released molecule checkpoints were trained on that sequence."""
+    from transformers import AutoModel, AutoTokenizer
+
+    enc = MarkupEncoder.load(str(roberta_dir), max_length=16)
+    tok = AutoTokenizer.from_pretrained(roberta_dir)
+    assert enc.end_rule == "original"
+    assert enc.end_token_id == tok.bos_token_id == tok.convert_tokens_to_ids("<s>")
+    ids, mask = enc.tokenize(SMILES)
+    expected = _original_collate(tok, SMILES, 16)
+    for i, row in enumerate(expected):
+        n = int(mask[i].sum())
+        assert ids[i, :n].tolist() == row
+        assert row[:1] == [tok.bos_token_id] and row[-2:] == [tok.eos_token_id, tok.bos_token_id]
+    assert enc.overflow(SMILES) == [0, 0, 0, len("CCOCCOCCOCCOCCOCCOCCO") - 14]
+    # the hidden states are the encoder's on exactly those ids
+    hidden, _ = enc(SMILES[:1])
+    model = AutoModel.from_pretrained(roberta_dir).eval()
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([expected[0]])).last_hidden_state[0]
+    assert (hidden[0] - ref).abs().max() <= 1e-5
+
+
+def test_roberta_single_end_rule_is_one_end_token(roberta_dir):
+    from transformers import AutoTokenizer
+
+    enc = MarkupEncoder.load(str(roberta_dir), max_length=16, end_rule="single")
+    tok = AutoTokenizer.from_pretrained(roberta_dir)
+    ids, mask = enc.tokenize(SMILES[:3])
+    for i, smiles in enumerate(SMILES[:3]):
+        n = int(mask[i].sum())
+        assert ids[i, :n].tolist() == tok(smiles)["input_ids"]  # <s> ... </s>, nothing after
+    assert enc.end_token_id == tok.eos_token_id
+
+
+def test_end_rule_is_saved_and_old_records_load_as_single(tmp_path, roberta_dir):
+    enc = MarkupEncoder.load(str(roberta_dir), max_length=16)
+    target = tmp_path / "saved"
+    enc.save_pretrained(target)
+    record = json.loads((target / "markup2im_encoder.json").read_text())
+    assert record["end_rule"] == "original"
+    back = MarkupEncoder.from_pretrained(target)
+    assert back.end_rule == "original" and torch.equal(
+        back.tokenize(SMILES)[0], enc.tokenize(SMILES)[0]
+    )
+    # an encoder saved before the rule was recorded was built with the single end token
+    del record["end_rule"]
+    (target / "markup2im_encoder.json").write_text(json.dumps(record))
+    assert MarkupEncoder.from_pretrained(target).end_rule == "single"
+
+
+def test_offline_and_gpt_neo_end_rules(offline, gpt_neo_dir):
+    assert offline.end_rule == "single"  # no original counterpart; one </s>
+    original = MarkupEncoder.load(str(gpt_neo_dir), max_length=32)
+    single = MarkupEncoder.load(str(gpt_neo_dir), max_length=32, end_rule="single")
+    assert original.end_rule == "original"
+    assert torch.equal(
+        original.tokenize(MARKUPS)[0], single.tokenize(MARKUPS)[0]
+    )  # same for GPT-Neo
+    with pytest.raises(ConfigError, match="unknown end rule"):
+        MarkupEncoder.load(OFFLINE, max_length=8, end_rule="eos")

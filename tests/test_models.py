@@ -33,17 +33,41 @@ def _meta_unet(preset: str, height: int, width: int, channels: int, ctx: int, po
         )
 
 
-@pytest.mark.parametrize("domain", ["math", "tables", "music"])
-def test_paper_parameter_count_grayscale_768(domain):
+# Our paper preset, exactly (encoder width 768 for gpt-neo-125M, 384 for ChemBERTa-77M-MLM; 1025
+# text positions). Pinned: a drift of any size is a change of the model.
+PAPER_PARAMETERS = {
+    "math": 207_565_057,
+    "tables": 207_470_849,
+    "music": 207_659_265,
+    "molecules": 192_965_507,
+}
+# The original's (the authors' diffusers fork): its math model file holds 208,996,609 parameters.
+ORIGINAL_PARAMETERS = {"math": 208_996_609, "molecules": 194_444_163}
+ORIGINAL_ROWS, ORIGINAL_COLS = 64, 320  # the fork's fixed image-position tables, in every block
+
+
+@pytest.mark.parametrize("domain", sorted(DOMAINS))
+def test_paper_parameter_count_is_pinned(domain):
     spec = DOMAINS[domain]
-    model = _meta_unet("paper", spec.height, spec.width, 1, 768, 1025)
-    assert _count(model) == pytest.approx(208_996_609, rel=0.01)
+    ctx = 384 if domain == "molecules" else 768
+    model = _meta_unet("paper", spec.height, spec.width, spec.channels, ctx, 1025)
+    assert _count(model) == PAPER_PARAMETERS[domain]
 
 
-def test_paper_parameter_count_rgb_384():
-    spec = DOMAINS["molecules"]
-    model = _meta_unet("paper", spec.height, spec.width, 3, 384, 1025)
-    assert _count(model) == pytest.approx(194_444_163, rel=0.01)
+@pytest.mark.parametrize("domain", sorted(ORIGINAL_PARAMETERS))
+def test_paper_parameter_count_differs_from_the_original_by_the_position_tables(domain):
+    """The one documented difference: our image-position tables are sized per level (rows + cols
+    of that level), the original's are 64 + 320 rows in every block."""
+    spec = DOMAINS[domain]
+    ctx = 384 if domain == "molecules" else 768
+    model = _meta_unet("paper", spec.height, spec.width, spec.channels, ctx, 1025)
+    blocks = [m for m in model.modules() if isinstance(m, PositionalTransformerBlock)]
+    extra = sum(
+        (ORIGINAL_ROWS - b.max_rows) * b.row_channels
+        + (ORIGINAL_COLS - b.max_cols) * (b.channels - b.row_channels)
+        for b in blocks
+    )
+    assert PAPER_PARAMETERS[domain] + extra == ORIGINAL_PARAMETERS[domain]
 
 
 def test_paper_structure():
@@ -231,3 +255,25 @@ def test_denoiser_accepts_scalar_timestep_and_int_mask():
         b = model(x, torch.tensor([7, 7]), ctx, mask.bool())
         c = model(x, torch.tensor(7), ctx, mask)
     assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_channels_last_features_stay_channels_last_and_outputs_match():
+    """A channels-last (NHWC) UNet gives the same output; its attention blocks keep NHWC."""
+    torch.manual_seed(0)
+    model = MarkupUNet.from_preset(
+        get_model_preset("tiny"), height=32, width=64, channels=1, cross_attention_dim=CTX,
+        max_text_positions=9,
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 1, 32, 64)
+    ctx, t = torch.randn(2, 4, CTX), torch.tensor([3, 900])
+    with torch.no_grad():
+        plain = model(x, t, ctx)
+        model.to(memory_format=torch.channels_last)
+        nhwc_in = x.contiguous(memory_format=torch.channels_last)
+        nhwc = model(nhwc_in, t, ctx)
+        block = model.down_levels[-1].attentions[0]
+        features = torch.randn(2, 32, 4, 8).contiguous(memory_format=torch.channels_last)
+        out = block(features, ctx)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert block(features.contiguous(), ctx).is_contiguous()
+    assert (plain - nhwc).abs().max() <= 1e-4

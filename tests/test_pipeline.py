@@ -195,3 +195,24 @@ def test_batch_invariance(model, mode):
         assert (other[0] - together[0]).abs().max() > 1e-4
     finally:
         model.eval()
+
+
+def test_draw_in_bf16(model):
+    images = model.draw(["x", r"\alpha"], sampler="ddim", steps=3, precision="bf16")
+    assert [im.size for im in images] == [(64, 64), (64, 64)]
+    with pytest.raises(ConfigError, match="unknown precision"):
+        model.draw("x", steps=2, precision="half")
+
+
+def test_from_config_passes_the_end_rule_to_the_encoder():
+    single = Markup2ImModel.from_config(
+        model_preset="tiny", encoder="offline", height=64, width=64, channels=1
+    )
+    original = Markup2ImModel.from_config(
+        model_preset="tiny", encoder="offline", height=64, width=64, channels=1,
+        end_rule="original",
+    )  # fmt: skip
+    assert (single.encoder.end_rule, original.encoder.end_rule) == ("single", "original")
+    ids, mask = original.encoder.tokenize(["ab"])
+    # ByT5 appends its own </s> and the original's rule appends encode("</s>")[0] = </s> again
+    assert ids[0, : int(mask[0].sum())].tolist()[-2:] == [1, 1]

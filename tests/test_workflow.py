@@ -670,21 +670,31 @@ def test_frame_settings_rerun_only_the_frames_and_gifs(micro_copy: Path) -> None
     run = micro_copy / "results" / "micro"
     untouched = [*run.glob("*/ddim4/samples/images/*.png"), *run.glob("*/ddim4/metrics.csv")]
     before = {p: p.stat().st_mtime_ns for p in untouched}
-    override = "datasets={micro: {generate: {frames_for: [test_2.png, test_3.png]}}}"
+    names = sorted(p.name for p in (run / "baseline" / "ddim4" / "samples" / "images").iterdir())
+    listed = (run / "data" / "frames_examples.txt").read_text().split()
+    chosen = sorted(set(names) - set(listed))[:2]
+    override = f"datasets={{micro: {{generate: {{frames_for: [{', '.join(chosen)}]}}}}}}"
     proc = snakemake(micro_copy, "--configfile", MICRO, "--config", override,
                      timeout=RUN_TIMEOUT)  # fmt: skip
     assert_ok(proc, micro_copy)
-    counts = job_counts(output_of(proc))
-    assert counts.get("frames") == 2 and "generate" not in counts and "train" not in counts
-    assert "evaluate" not in counts, counts
+    ran = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", output_of(proc), re.M)
+    counts = {rule: ran.count(rule) for rule in ran}
+    assert counts == {
+        "select_examples": 1,
+        "frames": 2,
+        "gif_denoise": 4,
+        "gif_compare": 2,
+        "all": 1,
+    }, counts
     assert {p: p.stat().st_mtime_ns for p in untouched} == before
     for method in ("baseline", "scheduled_sampling"):
         frames = run / method / "ddim4" / "frames"
-        assert sorted(p.name for p in frames.iterdir()) == ["test_2", "test_3"]
-        last = sorted((frames / "test_3").iterdir())[-1]
-        final = pixels_of(run / method / "ddim4" / "samples" / "images" / "test_3.png")
+        stems = [Path(n).stem for n in chosen]
+        assert sorted(p.name for p in frames.iterdir() if p.is_dir()) == stems
+        last = sorted((frames / stems[1]).iterdir())[-1]
+        final = pixels_of(run / method / "ddim4" / "samples" / "images" / chosen[1])
         assert np.abs(pixels_of(last).astype(int) - final.astype(int)).max() <= 1
-        assert (run / method / "ddim4" / "gifs" / "test_3.gif").is_file()
+        assert (run / method / "ddim4" / "gifs" / f"{stems[1]}.gif").is_file()
 
 
 def pixels_of(path: Path) -> np.ndarray:

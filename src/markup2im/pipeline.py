@@ -97,6 +97,7 @@ class Markup2ImModel(nn.Module):
         channels: int,
         max_markup_length: int | None = None,
         prediction_type: str = "epsilon",
+        end_rule: str | None = None,
     ) -> Markup2ImModel:
         """A freshly initialised model (denoiser from the current torch seed).
 
@@ -104,11 +105,13 @@ class Markup2ImModel(nn.Module):
         text-position tables hold ``max_markup_length + 1`` rows (markup tokens + end token).
         ``prediction_type`` (epsilon, the paper's; v_prediction; sample) is what the denoiser
         outputs; it is saved in the scheduler config, which every sampler reads.
+        ``end_rule`` (``original``, ``single``; None: the encoder's default) says how a markup's
+        token ids end: see :mod:`markup2im.models.encoder`.
         """
         preset = get_model_preset(model_preset)
         preset.check_image_size(height, width)
         length = preset.max_markup_length if max_markup_length is None else int(max_markup_length)
-        enc = MarkupEncoder.load(encoder, length)
+        enc = MarkupEncoder.load(encoder, length, end_rule=end_rule)
         denoiser = MarkupUNet.from_preset(
             preset,
             height=height,
@@ -183,6 +186,7 @@ class Markup2ImModel(nn.Module):
         frames_every: int = 1,
         batch_size: int = 16,
         progress: Callable[[int, int], None] | None = None,
+        precision: str = "fp32",
     ) -> list[Image.Image] | tuple[list[Image.Image], list[list[Image.Image]]]:
         """Draw images of ``markups`` (one string or a list) at the model's size and colour mode.
 
@@ -193,11 +197,13 @@ class Markup2ImModel(nn.Module):
         returns each markup's denoising frames (the clipped x0 prediction of every
         ``frames_every``-th step and of the last step). ``progress`` is called with (steps done,
         steps in all) after every denoising step. Markup longer than the model's limit is
-        truncated; the encoder logs a warning that says by how many tokens.
+        truncated; the encoder logs a warning that says by how many tokens. ``precision``
+        ``bf16`` runs the denoiser under bf16 autocast (faster on GPUs, close to but not
+        bit-identical with fp32; see :mod:`markup2im.sampling`).
         """
         from markup2im.errors import ConfigError
         from markup2im.images import tensor_to_image
-        from markup2im.sampling import example_generators, make_scheduler, sample
+        from markup2im.sampling import check_precision, example_generators, make_scheduler, sample
 
         items = [markups] if isinstance(markups, str) else [str(m) for m in markups]
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -206,6 +212,7 @@ class Markup2ImModel(nn.Module):
             raise ConfigError(
                 f"batch_size and frames_every must be >= 1, got {batch_size}, {frames_every}"
             )
+        check_precision(precision)
         per_batch = len(make_scheduler(sampler, self.scheduler_config, steps).timesteps)
         total = per_batch * -(-len(items) // batch_size)
         images: list[Image.Image] = []
@@ -241,6 +248,7 @@ class Markup2ImModel(nn.Module):
                     frames_every=frames_every if frames else 0,
                     on_frame=keep_frame if frames else None,
                     on_step=step_done,
+                    precision=precision,
                 )
                 images += [tensor_to_image(x) for x in result]
         finally:

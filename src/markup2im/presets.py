@@ -164,7 +164,11 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
             layers_per_block=2,
             num_heads=8,
             norm_num_groups=32,
-            description="the paper's denoiser (~209M parameters with a 768-dim encoder)",
+            # 207,565,057 parameters for math (768-dim gpt-neo-125M states, 1025 text positions),
+            # 192,965,507 for molecules (384-dim ChemBERTa); the original's 208,996,609 and
+            # 194,444,163 differ only by its fixed 64 + 320-row image-position tables
+            # (pinned in tests/test_models.py).
+            description="the paper's denoiser (207.6M parameters for math, 193.0M for molecules)",
         ),
         # CPU presets: attention only where the feature map is at most 1/8 of the image side,
         # since self-attention at high resolution dominates the step time on a CPU.

@@ -488,6 +488,7 @@ class Plan:
                 "sampler": cfg["sampler"],
                 "num_inference_steps": cfg["steps"],
                 "seed": gen["seed"],
+                "precision": gen["precision"] if gen["precision"] != "fp32" else None,
             }
         )
 

@@ -60,6 +60,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated filenames: generate only these (each with the noise of its index "
         "in the split, so the same image as a full run)",
     )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16 runs the denoiser under autocast (GPUs: faster; images differ slightly)",
+    )
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights and images (GPUs)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.set_defaults(func=run)
 
@@ -81,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         frames_every=args.frames_every,
         frames_for=args.frames_for,
         only=args.only,
+        precision=args.precision,
+        channels_last=args.channels_last,
         device=args.device,
     )
     return 0

@@ -81,6 +81,7 @@ class PositionalTransformerBlock(nn.Module):
         ``encoder_attention_mask`` is (B, L), true (or 1) where a token is attended.
         """
         b, c, h, w = hidden_states.shape
+        memory_format = _memory_format(hidden_states)
         hidden_states = hidden_states + self.image_positions(h, w).to(hidden_states.dtype)
         residual = hidden_states
 
@@ -105,8 +106,16 @@ class PositionalTransformerBlock(nn.Module):
         x = self.attn2(self.norm2(x), encoder_hidden_states=context, attention_mask=mask) + x
         x = self.ff(self.norm3(x)) + x
         x = self.proj_out(x)
-        # contiguous: the strides of a permuted (channels-last) tensor would otherwise make
-        # convolutions downstream pick other kernels, and results differ at 1e-6 between
-        # train and eval mode (diffusers' resnets only call contiguous() when training).
-        x = x.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
-        return x + residual
+        # contiguous in the input's memory format: the strides of a permuted tensor would
+        # otherwise make convolutions downstream pick other kernels, and results differ at 1e-6
+        # between train and eval mode (diffusers' resnets only call contiguous() when training).
+        # A channels-last model gets channels-last features back (the permute already is).
+        x = x.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
+        return (x + residual).contiguous(memory_format=memory_format)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for an NHWC-strided 4-D tensor, else the default (NCHW) format."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format

@@ -9,14 +9,25 @@ Three sources, one loading path (``AutoModel`` + ``AutoTokenizer``):
   its weights drawn from a fixed seed so that it is the same model on every machine. It is random,
   not pretrained: the denoiser learns to read its features.
 
-The encoding of a markup is its tokens (truncated to ``max_length``) followed by exactly one end
-token, all attended; shorter markups are right-padded and the padding is masked and zeroed. Some
-tokenizers append an end token themselves (BERT/RoBERTa, ByT5), GPT-Neo's does not: the tokenizer's
-own end token is removed before truncation and the end token is always appended afterwards, so
-every tokenizer gives the same shape of sequence.
+The encoding of a markup is its tokens (truncated to ``max_length``) followed by one appended end
+token, all attended; shorter markups are right-padded and the padding is masked and zeroed. Two
+rules (``end_rule``) say what the tokens and the end token are:
+
+* ``original`` (the default for hub and local transformers encoders): the original code's rule,
+  ``tokenizer(markup, truncation=True, max_length=max_length)`` with the tokenizer's own special
+  tokens kept, then ``tokenizer.encode(tokenizer.eos_token)[0]`` appended. For GPT-Neo (math,
+  tables, music) that is ``tokens <|endoftext|>``. For RoBERTa-style tokenizers (ChemBERTa,
+  molecules) ``encode`` adds specials, so ``[0]`` is ``<s>``: the sequence is
+  ``<s> tokens </s> <s>``. Released checkpoints (:mod:`markup2im.original`) were trained on exactly
+  this, so it is what they must see.
+* ``single``: the tokenizer's own end token (BERT/RoBERTa ``</s>``/``[SEP]``, ByT5 ``</s>``) is
+  removed before truncation and exactly one end token (eos, else sep, else pad) appended, so every
+  tokenizer gives the same shape of sequence: RoBERTa ``<s> tokens </s>``. The built-in offline
+  encoder uses it (it has no original), and so do encoders saved before the rule was recorded.
+  (For GPT-Neo both rules give the same ids.)
 
 Saved layout (``save_pretrained``): the transformers model and tokenizer files plus
-``markup2im_encoder.json`` (name, max_length, end token).
+``markup2im_encoder.json`` (name, max_length, end token id, end rule).
 """
 
 from __future__ import annotations
@@ -39,6 +50,9 @@ logger = logging.getLogger(__name__)
 OFFLINE = "offline"
 OFFLINE_SEED = 20221011  # fixed: the offline encoder must be identical everywhere
 ENCODER_RECORD = "markup2im_encoder.json"
+ORIGINAL_END = "original"  # the original's tokens + tokenizer.encode(eos_token)[0]
+SINGLE_END = "single"  # the tokenizer's own end token replaced by exactly one end token
+END_RULES = (ORIGINAL_END, SINGLE_END)
 # Models whose position ids start after the padding index (usable positions = table - pad - 1).
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text"}
 
@@ -46,10 +60,31 @@ _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", 
 class MarkupEncoder(nn.Module):
     """Frozen transformer encoder mapping markup strings to masked hidden states."""
 
-    def __init__(self, model: nn.Module, tokenizer, name: str, max_length: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        name: str,
+        max_length: int,
+        end_rule: str | None = None,
+    ) -> None:
+        """``end_rule`` None: ``original`` when the tokenizer has an eos token (the original code
+        needs one), else ``single``."""
         super().__init__()
         if max_length < 1:
             raise ConfigError(f"max markup length must be at least 1, got {max_length}")
+        if end_rule is None:
+            end_rule = ORIGINAL_END if tokenizer.eos_token is not None else SINGLE_END
+        if end_rule not in END_RULES:
+            raise ConfigError(
+                f"encoder {name!r}: unknown end rule {end_rule!r}; known: {', '.join(END_RULES)}"
+            )
+        if end_rule == ORIGINAL_END and tokenizer.eos_token is None:
+            raise ConfigError(
+                f"encoder {name!r}: the {ORIGINAL_END!r} end rule appends the tokenizer's eos "
+                f"token, and this tokenizer has none; use end_rule={SINGLE_END!r}"
+            )
+        self.end_rule = end_rule
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -60,6 +95,8 @@ class MarkupEncoder(nn.Module):
         if tokenizer.pad_token is None:
             raise ConfigError(f"encoder {name!r}: tokenizer has no pad, eos, sep or unk token")
         self._strip_end, self.end_token_id = _end_token(tokenizer, name)
+        if end_rule == ORIGINAL_END:
+            self.end_token_id = int(tokenizer.encode(tokenizer.eos_token)[0])
         limit = _position_limit(model, tokenizer)
         self.requested_max_length = max_length
         if limit is not None and max_length + 1 > limit:
@@ -82,27 +119,50 @@ class MarkupEncoder(nn.Module):
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, name_or_path: str, max_length: int) -> MarkupEncoder:
-        """Load ``offline``, a local model directory, or a hub model name."""
+    def load(
+        cls,
+        name_or_path: str,
+        max_length: int,
+        end_rule: str | None = None,
+        *,
+        revision: str | None = None,
+    ) -> MarkupEncoder:
+        """Load ``offline``, a local model directory, or a hub model name (at ``revision``:
+        a branch, tag or commit of the hub repository; None: its default branch).
+
+        ``end_rule`` None keeps each source's default (module docstring): ``single`` for
+        ``offline`` and for a directory saved by this class with no rule recorded, the recorded
+        rule for one that has it, ``original`` for transformers models.
+        """
         if name_or_path == OFFLINE:
-            return cls.build_offline(max_length)
+            return cls.build_offline(max_length, end_rule=end_rule)
         path = Path(name_or_path).expanduser()
         if path.is_dir():
             if (path / ENCODER_RECORD).is_file():
-                return cls.from_pretrained(path, max_length=max_length)
+                return cls.from_pretrained(path, max_length=max_length, end_rule=end_rule)
             if not (path / "config.json").is_file():
                 raise ModelError(f"encoder directory {path} has no config.json")
-            return cls._from_files(str(path), str(name_or_path), max_length, local_only=True)
+            return cls._from_files(
+                str(path), str(name_or_path), max_length, local_only=True, end_rule=end_rule
+            )
         if _looks_like_path(name_or_path):
             raise ConfigError(
                 f"encoder {name_or_path!r}: no such directory (give a local model directory, "
                 f"a hub model name, or {OFFLINE!r})"
             )
-        return cls._from_files(name_or_path, name_or_path, max_length, local_only=False)
+        return cls._from_files(
+            name_or_path,
+            name_or_path,
+            max_length,
+            local_only=False,
+            end_rule=end_rule,
+            revision=revision,
+        )
 
     @classmethod
-    def build_offline(cls, max_length: int) -> MarkupEncoder:
-        """The built-in encoder: a byte-level 2-layer BERT with weights from a fixed seed."""
+    def build_offline(cls, max_length: int, end_rule: str | None = None) -> MarkupEncoder:
+        """The built-in encoder: a byte-level 2-layer BERT with weights from a fixed seed
+        (end rule ``single`` unless given: the original has no such encoder)."""
         from transformers import BertConfig, BertModel, ByT5Tokenizer
 
         tokenizer = ByT5Tokenizer()
@@ -123,11 +183,45 @@ class MarkupEncoder(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(OFFLINE_SEED)
             model = BertModel(config)
-        return cls(model.float(), tokenizer, OFFLINE, max_length)
+        return cls(model.float(), tokenizer, OFFLINE, max_length, end_rule or SINGLE_END)
+
+    @classmethod
+    def build_stand_in(cls, max_length: int, seed: int = OFFLINE_SEED) -> MarkupEncoder:
+        """A random GPT-Neo with gpt-neo-125M's configuration (768 wide, 12 layers, 2048
+        positions) over bytes: the paper encoder's shape and cost where the hub cannot be
+        reached, for speed and memory checks of the paper preset. Not a trained encoder."""
+        from transformers import ByT5Tokenizer, GPTNeoConfig, GPTNeoModel
+
+        tokenizer = ByT5Tokenizer()
+        config = GPTNeoConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=2048,
+            hidden_size=768,
+            num_layers=12,
+            num_heads=12,
+            attention_types=[[["global", "local"], 6]],
+            window_size=256,
+            embed_dropout=0.0,
+            attention_dropout=0.0,
+            resid_dropout=0.0,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = GPTNeoModel(config)
+        return cls(model.float(), tokenizer, "gpt-neo-125M-stand-in", max_length, SINGLE_END)
 
     @classmethod
     def _from_files(
-        cls, source: str, name: str, max_length: int, *, local_only: bool
+        cls,
+        source: str,
+        name: str,
+        max_length: int,
+        *,
+        local_only: bool,
+        end_rule: str | None = None,
+        revision: str | None = None,
     ) -> MarkupEncoder:
         from transformers import AutoModel, AutoTokenizer
 
@@ -135,9 +229,12 @@ class MarkupEncoder(nn.Module):
         bars = _no_progress_bars() if local_only else contextlib.nullcontext()
         try:
             with bars:
-                tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+                pinned = {"revision": revision} if revision else {}
+                tokenizer = AutoTokenizer.from_pretrained(
+                    source, local_files_only=local_only, **pinned
+                )
                 model = AutoModel.from_pretrained(
-                    source, local_files_only=local_only, dtype=torch.float32
+                    source, local_files_only=local_only, dtype=torch.float32, **pinned
                 )
         except (OSError, ValueError) as exc:
             if local_only:
@@ -151,13 +248,17 @@ class MarkupEncoder(nn.Module):
             ) from exc
         if getattr(model.config, "is_encoder_decoder", False):
             model = model.get_encoder()
-        return cls(model, tokenizer, name, max_length)
+        return cls(model, tokenizer, name, max_length, end_rule)
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike[str], max_length: int | None = None
+        cls,
+        directory: str | os.PathLike[str],
+        max_length: int | None = None,
+        end_rule: str | None = None,
     ) -> MarkupEncoder:
-        """Reload an encoder written by :meth:`save_pretrained`."""
+        """Reload an encoder written by :meth:`save_pretrained`, with its recorded end rule
+        (``single`` when none is recorded: what encoders saved before the rule existed used)."""
         directory = Path(directory)
         record_path = directory / ENCODER_RECORD
         if not record_path.is_file():
@@ -169,8 +270,10 @@ class MarkupEncoder(nn.Module):
             )
         record = json.loads(record_path.read_text(encoding="utf-8"))
         length = int(record["max_length"] if max_length is None else max_length)
-        encoder = cls._from_files(str(directory), record["name"], length, local_only=True)
-        return encoder
+        rule = end_rule or record.get("end_rule", SINGLE_END)
+        return cls._from_files(
+            str(directory), record["name"], length, local_only=True, end_rule=rule
+        )
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """Write model, tokenizer and record to ``directory`` atomically."""
@@ -195,6 +298,7 @@ class MarkupEncoder(nn.Module):
                 "name": self.name,
                 "max_length": self.requested_max_length,
                 "end_token_id": self.end_token_id,
+                "end_rule": self.end_rule,
                 "hidden_size": self.hidden_size,
                 "files": sorted(p.name for p in directory.iterdir() if p.is_file()),
             },
@@ -224,10 +328,7 @@ class MarkupEncoder(nn.Module):
         """Token ids (B, L) and boolean attention mask (B, L), right-padded, on CPU."""
         if isinstance(markups, str):
             raise TypeError("markups must be a list of strings, not one string")
-        rows, cut = [], []
-        for ids in self._token_ids(markups):
-            cut.append(max(0, len(ids) - self.max_length))
-            rows.append(ids[: self.max_length] + [self.end_token_id])
+        rows, cut = self._rows(markups)
         self._count(cut)
         length = max((len(r) for r in rows), default=1)
         input_ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -237,17 +338,29 @@ class MarkupEncoder(nn.Module):
             mask[i, : len(ids)] = True
         return input_ids, mask
 
-    def _token_ids(self, markups: list[str]) -> list[list[int]]:
-        """Each markup's token ids without the tokenizer's own end token, not truncated."""
+    def _rows(self, markups: list[str]) -> tuple[list[list[int]], list[int]]:
+        """Each markup's ids as encoded (end rule applied, truncated, end token appended), and
+        how many markup tokens truncation cut from each."""
         encoded = self.tokenizer(list(markups), add_special_tokens=True, verbose=False)
-        return [list(ids[:-1] if self._strip_end else ids) for ids in encoded["input_ids"]]
+        rows, cut = [], []
+        for ids in encoded["input_ids"]:
+            ids = list(ids)
+            own_end = ids[-1:] if self._strip_end else []
+            content = ids[:-1] if self._strip_end else ids
+            # original: HF truncation keeps the tokenizer's own end token within max_length
+            keep = self.max_length - (len(own_end) if self.end_rule == ORIGINAL_END else 0)
+            keep = max(keep, 1)
+            kept = content[:keep] + (own_end if self.end_rule == ORIGINAL_END else [])
+            rows.append(kept + [self.end_token_id])
+            cut.append(max(0, len(content) - keep))
+        return rows, cut
 
     def overflow(self, markups: list[str]) -> list[int]:
         """How many tokens of each markup lie beyond ``max_length`` (0: it fits), without
         encoding or counting anything."""
         if isinstance(markups, str):
             raise TypeError("markups must be a list of strings, not one string")
-        return [max(0, len(ids) - self.max_length) for ids in self._token_ids(markups)]
+        return self._rows(markups)[1]
 
     def _count(self, cut: list[int]) -> None:
         truncated = sum(c > 0 for c in cut)

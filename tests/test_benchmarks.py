@@ -1,0 +1,101 @@
+"""The speed benchmark (benchmarks/bench_model.py) and the GPU check script, on the CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_model  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_flops_count_forward_backward_and_attention_on_any_device():
+    linear = torch.nn.Linear(8, 16)
+    x = torch.randn(4, 8, requires_grad=True)
+    # forward 2*4*8*16, backward twice that (input and weight gradients)
+    assert bench_model.count_flops(lambda: linear(x).sum().backward()) == 3 * 1024
+    q = torch.randn(2, 4, 16, 8, requires_grad=True)
+    # attention goes through the math kernel, which the counter sees on the CPU too:
+    # QK^T and AV, 2*B*H*L*L*D each, forward + 2x backward
+    flops = bench_model.count_flops(
+        lambda: F.scaled_dot_product_attention(q, q, q).sum().backward()
+    )
+    assert flops == 3 * 2 * (2 * 2 * 4 * 16 * 16 * 8)
+
+
+def test_peak_flops_table_and_override(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert bench_model.peak_flops(torch.device("cuda"), None) == (989e12, "H200 bf16 dense")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    assert bench_model.peak_flops(torch.device("cuda"), None)[0] == 312e12
+    assert bench_model.peak_flops(torch.device("cpu"), 2.5) == (2.5e12, "--peak-tflops")
+    assert bench_model.peak_flops(torch.device("cpu"), None)[0] is None
+
+
+def _row(method, precision, steps_per_s, flops=1e12, mfu=0.4):
+    return {"method": method, "precision": precision, "steps_per_s": steps_per_s,
+            "s_per_step": 1 / steps_per_s, "images_per_s": 16 * steps_per_s,
+            "flops_per_step": flops, "tflops_per_s": flops * steps_per_s / 1e12, "mfu": mfu,
+            "peak_mem_gib": 10.0, "mean_m": 1.0}  # fmt: skip
+
+
+def test_summary_table_states_the_goals():
+    results = {
+        "config": {"preset": "paper", "width": 320, "height": 64, "channels": 1, "batch_size": 16},
+        "device_name": "NVIDIA H200", "encoder_width": 768,
+        "train": [_row("ss", "fp32", 4.0, mfu=0.05), _row("ss", "bf16", 12.0, mfu=0.38)],
+        "sample": [
+            {"sampler": "ddpm", "steps": 1000, "timed_steps": 1000, "images_per_s": 1.0,
+             "precision": "bf16"},
+            {"sampler": "dpmsolver++", "steps": 20, "timed_steps": 20, "images_per_s": 45.0,
+             "precision": "bf16"},
+        ],
+    }  # fmt: skip
+    table = bench_model.summary_table(results, "5 passed in 3.0s")
+    assert "| `pytest -m gpu` | 5 passed in 3.0s | all pass |" in table
+    assert "| bf16 / fp32 step rate, ss | 3.00x | >= 2.5x |" in table
+    assert "| MFU bf16, ss | 38.0%" in table and ">= 35% |" in table
+    assert "1.000 / 45.00 = 45.0x | >= 40x |" in table
+
+
+def test_bench_runs_on_cpu_and_counts_the_rollout(tmp_path):
+    results = bench_model.main([
+        "--preset", "tiny", "--batch-size", "2", "--height", "32", "--width", "64",
+        "--steps", "1", "--warmup", "0", "--precisions", "fp32,bf16", "--device", "cpu",
+        "--sample-runs", "ddpm:1000,dpmsolver++:20", "--max-sample-steps", "2",
+        "--json", str(tmp_path / "bench.json"),
+    ])  # fmt: skip
+    rows = {(r["method"], r["precision"]): r for r in results["train"]}
+    assert set(rows) == {("baseline", "fp32"), ("baseline", "bf16"), ("ss", "fp32"), ("ss", "bf16")}
+    base, ss = rows["baseline", "fp32"]["flops_per_step"], rows["ss", "fp32"]["flops_per_step"]
+    # scheduled sampling adds one no-grad forward to forward + backward (~3 forwards)
+    assert 1.2 < ss / base < 1.45
+    assert rows["ss", "bf16"]["flops_per_step"] == ss  # the same model FLOPs in bf16
+    assert all(r["mfu"] is None and r["mean_m"] in (0.0, 1.0) for r in rows.values())
+    samplers = [(r["sampler"], r["steps"], r["timed_steps"]) for r in results["sample"]]
+    assert samplers == [("ddpm", 1000, 2), ("dpmsolver++", 20, 2)]
+    assert (tmp_path / "bench.json").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_its_cpu_smoke_variant(tmp_path):
+    env = {**os.environ, "GPU_CHECK_OUT": str(tmp_path), "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| `pytest -m gpu` |" in done.stdout and "skipped" in done.stdout
+    assert "| bf16 / fp32 step rate, ss |" in done.stdout
+    assert "| images/s DDPM-1000 (projected) / DPM-Solver++-20, fp32 |" in done.stdout
+    assert (tmp_path / "bench.json").is_file() and (tmp_path / "pytest.log").is_file()

@@ -1,0 +1,57 @@
+"""configure_cuda: TF32 and cuDNN autotuning on CUDA, nothing on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from markup2im.cuda import configure_cuda
+
+
+@pytest.fixture
+def restore_backends():
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.get_float32_matmul_precision(),
+    )
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved[0]
+    torch.backends.cudnn.allow_tf32 = saved[1]
+    torch.backends.cudnn.benchmark = saved[2]
+    torch.set_float32_matmul_precision(saved[3])
+
+
+def test_no_op_without_cuda(monkeypatch, restore_backends):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    torch.set_float32_matmul_precision("highest")
+    configure_cuda()
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.benchmark is False
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_sets_tf32_and_benchmark_when_cuda(monkeypatch, restore_backends):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    configure_cuda()
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    assert torch.backends.cudnn.allow_tf32 is True
+    assert torch.backends.cudnn.benchmark is True
+    assert torch.get_float32_matmul_precision() == "high"
+    configure_cuda(tf32=False, cudnn_benchmark=False)
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.benchmark is False
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+@pytest.mark.gpu
+def test_configure_cuda_on_gpu(restore_backends):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    configure_cuda()
+    a = torch.randn(256, 256, device="cuda")
+    assert torch.isfinite(a @ a).all()
