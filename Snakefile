@@ -27,7 +27,7 @@ if not workflow.config_settings.configfiles:
 # rules' environment (envs/markup2im.yaml, which installs markup2im) must provide them.
 VENV_BIN = Path(sys.executable).parent
 # envs/markup2im.post-deploy.sh installs the package from here into a new conda environment
-os.environ["MARKUP2IM_SOURCE"] = workflow.basedir
+os.environ.update(MARKUP2IM_SOURCE=workflow.basedir)
 USES_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 if (
     not USES_CONDA
@@ -81,4 +81,6 @@ rule all:
     input:
         PLAN.final_targets(),
         PLAN.model_targets(),
+        # every dataset's example list up front, so that they are made side by side
+        expand("results/{dataset}/data/frames_examples.txt", dataset=DATASETS),
         gif_targets,

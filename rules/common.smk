@@ -11,6 +11,7 @@ from markup2im.workflow import (
     alternatives,
     load_schema,
     retype_overrides,
+    threads_per_process,
     validate_config,
 )
 
@@ -39,7 +40,7 @@ def resource(kind: str, key: str):
 
 
 def version(stage: str):
-    return lambda w: PLAN.version(stage)
+    return lambda w: PLAN.version(stage)  # bump code_version.<stage>: rerun its jobs
 
 
 def train_setting(key: str):
@@ -55,36 +56,26 @@ def gpu_model(gpus):
     return lambda w: PLAN.gpu_model(w.dataset, gpus(w))
 
 
-def train_gpus(w) -> int:
-    return PLAN.train_gpus(w.dataset)
+def per_run(method_name: str):
+    """An input/params function calling ``PLAN.<method_name>(dataset, method)``."""
+    return lambda w: getattr(PLAN, method_name)(w.dataset, w.method)
 
 
-def generate_gpus(w) -> int:
-    return PLAN.generate_gpus(w.dataset)
-
-
-def model_dir(w) -> str:
-    return PLAN.model_path(w.dataset, w.method)
-
-
-def released_checkpoint(w) -> str:
-    return PLAN.released_checkpoint(w.dataset, w.method)
-
-
-def train_flags(w) -> str:
-    return PLAN.train_flags(w.dataset, w.method)
+train_gpus, generate_gpus = per_dataset("train_gpus"), per_dataset("generate_gpus")
+model_dir, train_flags = per_run("model_path"), per_run("train_flags")
+released_checkpoint = per_run("released_checkpoint")
 
 
 def accelerate_flags(w, resources, threads) -> str:
     return PLAN.accelerate_flags(w.dataset, int(resources.gpu), int(threads))
 
 
-def sample_flags(w) -> str:
-    return PLAN.sample_flags(w.dataset, w.sampler)
+def process_threads(w, resources, threads) -> int:
+    return threads_per_process(int(resources.gpu), int(threads))
 
 
-def frames_every(w) -> int:
-    return PLAN.frames_every(w.sampler)
+sample_flags = lambda w: PLAN.sample_flags(w.dataset, w.sampler)
+frames_every = lambda w: PLAN.frames_every(w.sampler)
 
 
 def gif_every(panels: int):
@@ -126,12 +117,8 @@ def labelled(flag: str, labels, subdir: str = ""):
     return args
 
 
-def method_labels(w) -> list[str]:
-    return [PLAN.method_label(w.dataset, m) for m in METHODS]
-
-
-def trained_labels(w) -> list[str]:
-    return [PLAN.method_label(w.dataset, m) for m in PLAN.trained_methods(w.dataset)]
+method_labels = lambda w: PLAN.method_labels(w.dataset)
+trained_labels = lambda w: PLAN.method_labels(w.dataset, trained_only=True)
 
 
 def compare_frames(w, input) -> str:
@@ -148,10 +135,7 @@ def page_title(template: str):
     return lambda w: shlex.quote(template.format(**dict(w.items())))
 
 
-def paired_title(w) -> str:
-    treatment = PLAN.method_label(w.dataset, "scheduled_sampling")
-    baseline = PLAN.method_label(w.dataset, "baseline")
-    return shlex.quote(f"{w.dataset}, {w.sampler}: {treatment} - {baseline}")
+paired_title = lambda w: shlex.quote(PLAN.paired_title(w.dataset, w.sampler))
 
 
 def gif_targets(w) -> list[str]:

@@ -44,8 +44,11 @@ rule train:
         processes=train_gpus,
         version=version("train"),
         launch=accelerate_flags,
+        # Snakemake sets OMP_NUM_THREADS to the job's threads; each process gets its share
+        omp=process_threads,
     shell:
-        "accelerate launch {params.launch} -m markup2im train --dataset-dir {input.data}"
+        "OMP_NUM_THREADS={params.omp} MKL_NUM_THREADS={params.omp}"
+        " accelerate launch {params.launch} -m markup2im train --dataset-dir {input.data}"
         " --output-dir {params.rundir} {params.flags}"
         " --checkpoint-every {resources.checkpoint_every}"
         " --checkpoints-total-limit {resources.checkpoints_total_limit}"

@@ -207,3 +207,15 @@ def test_plan_does_not_change_a_validated_config() -> None:
     before = copy.deepcopy(config)
     Plan(config).final_targets()
     assert config == before
+
+
+def test_labels_and_titles_of_a_partly_released_dataset() -> None:
+    def one_released(config):
+        del config["datasets"]["math"]["released"]["scheduled_sampling"]
+
+    plan = plan_of("config/released.yaml", one_released)
+    assert plan.method_labels("math") == ["released baseline", "scheduled sampling"]
+    assert plan.method_labels("math", trained_only=True) == ["scheduled sampling"]
+    assert plan.paired_title("math", "ddpm1000") == (
+        "math, ddpm1000: scheduled sampling - released baseline"
+    )

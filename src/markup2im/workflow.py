@@ -297,6 +297,15 @@ class Plan:
         """How tables name a method: the method, ``released`` first for an imported model."""
         return f"released {method}" if self.is_released(dataset, method) else method
 
+    def method_labels(self, dataset: str, trained_only: bool = False) -> list[str]:
+        """Figure labels of the dataset's methods (only those trained here, if asked)."""
+        methods = self.trained_methods(dataset) if trained_only else self.methods
+        return [self.method_label(dataset, m) for m in methods]
+
+    def paired_title(self, dataset: str, sampler: str) -> str:
+        treatment = self.method_label(dataset, "scheduled_sampling")
+        return f"{dataset}, {sampler}: {treatment} - {self.method_label(dataset, 'baseline')}"
+
     def released_note(self, dataset: str) -> str:
         """`` (released models)`` when the compared models of ``dataset`` are imported ones."""
         imported = [m for m in ("baseline", "scheduled_sampling") if self.is_released(dataset, m)]
@@ -441,7 +450,7 @@ class Plan:
         one node never collide.
         """
         mixed = self.dataset(dataset)["train"]["mixed_precision"]
-        per_process = max(1, threads // max(1, gpus))
+        per_process = threads_per_process(gpus, threads)
         flags = (
             f"--num_machines 1 --mixed_precision {mixed} --dynamo_backend no"
             f" --num_cpu_threads_per_process {per_process}"
@@ -550,6 +559,11 @@ class Plan:
             targets.append(f"results/{dataset}/figures/{s}/compare/{ex}.{ext}")
             targets += [f"results/{dataset}/{m}/{s}/gifs/{ex}.{ext}" for m in self.methods]
         return targets
+
+
+def threads_per_process(gpus: int, threads: int) -> int:
+    """CPU threads of each of a training job's processes (one per GPU, or one on CPU)."""
+    return max(1, threads // max(1, gpus))
 
 
 # `train:` keys that only say how training runs, not what it makes: resources, not params.
