@@ -37,6 +37,8 @@ rule train:
         walltime_margin=resource("train", "walltime_margin"),
         checkpoint_every=train_setting("checkpoint_every"),
         checkpoints_total_limit=train_setting("checkpoints_total_limit"),
+        log_every=train_setting("log_every"),
+        data_workers=train_setting("num_workers"),
     params:
         rundir=subpath(output.model, parent=True),
         flags=train_flags,
@@ -52,6 +54,7 @@ rule train:
         " --output-dir {params.rundir} {params.flags}"
         " --checkpoint-every {resources.checkpoint_every}"
         " --checkpoints-total-limit {resources.checkpoints_total_limit}"
+        " --log-every {resources.log_every} --num-workers {resources.data_workers}"
         " --walltime-margin {resources.walltime_margin} > {log} 2>&1"
         " && cp {params.rundir}/train_log.csv {output.train_log}.tmp"
         " && mv {output.train_log}.tmp {output.train_log}"

@@ -347,3 +347,16 @@ def test_min_t_zero_means_no_guard() -> None:
             break
     step = prepare_step(model, schedule, config, x0, 0.0, torch.Generator().manual_seed(seed))
     assert int(step.timesteps.min()) == 0 and step.m == 1
+
+
+def test_rollout_bound_uses_the_callers_t_max_without_reading_the_timesteps() -> None:
+    """The trainer passes the largest t of its CPU draw, so the check needs no GPU read-back."""
+    schedule, model, x0 = schedule_of(), TinyEps(), gold()
+    t = torch.tensor([0, 17, 400, 998])
+    noise = torch.zeros_like(x0)
+    with pytest.raises(ValueError, match="rollout of 1 steps from t = 999 leaves the schedule"):
+        build_inputs(model, schedule, x0, t, 1, noise, [noise], t_max=999)
+    same = build_inputs(model, schedule, x0, t, 1, noise, [noise], t_max=998)
+    assert torch.equal(same.x_t, build_inputs(model, schedule, x0, t, 1, noise, [noise]).x_t)
+    with pytest.raises(ValueError, match="from t = 999"):  # without t_max: read from t
+        build_inputs(model, schedule, x0, torch.tensor([999]), 1, noise[:1], [noise[:1]])

@@ -519,8 +519,8 @@ def uninterrupted_model(tmp_path_factory) -> Path:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     done = subprocess.run(
-        [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--cores", "1",
-         "--configfile", str(config), target],
+        [str(VENV_BIN / "snakemake"), target, "-s", str(REPO / "Snakefile"), "--cores", "1",
+         "--configfile", str(config)],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -540,7 +540,7 @@ def test_training_longer_than_its_time_limit_spans_several_jobs(
     )  # fmt: skip
     workdir = tmp_path / "run"
     run = NamedProfileRun(
-        ["--configfile", str(config), "results/micro/baseline/train/model"],
+        ["results/micro/baseline/train/model", "--configfile", str(config)],
         workdir,
         slurm_cluster,
         {},
@@ -569,7 +569,7 @@ def test_preempted_training_job_resumes_and_ends_with_the_same_model(
     workdir = tmp_path / "run"
     train_log = workdir / "results" / "micro" / "baseline" / "train" / "train_log.csv"
     run = NamedProfileRun(
-        ["--configfile", str(config), "results/micro/baseline/train/model"],
+        ["results/micro/baseline/train/model", "--configfile", str(config)],
         workdir,
         slurm_cluster,
         {},

@@ -26,9 +26,12 @@ from markup2im.cli import main as cli_main
 from markup2im.data.datasets import DatasetInfo, write_dataset_info
 from markup2im.errors import ConfigError, DataError, TrainingDivergedError
 from markup2im.training import (
+    DEFAULT_LOG_EVERY,
     LOG_COLUMNS,
+    EMAOnDevice,
     EpochSampler,
     TrainConfig,
+    TrainingInterrupted,
     list_checkpoints,
     train,
 )
@@ -520,27 +523,615 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(
     ]
 
 
-@pytest.mark.slow
-def test_two_processes_train_and_write_one_model(tmp_path: Path, dataset_dir: Path) -> None:
-    out = tmp_path / "ddp"
+# ---- several processes (real `accelerate launch` runs on the CPU) --------------------------
+
+# `accelerate launch --cpu` starts a single process; --multi_gpu runs torchrun, and with
+# ACCELERATE_USE_CPU=1 the processes form a gloo group on the CPU (DistributedType.MULTI_CPU)
+CPU_PROCESSES = {**ENV, "ACCELERATE_USE_CPU": "1"}
+
+
+def accelerate_launch(processes: int, train_args: list[str], threads: int = 1) -> list[str]:
     accelerate = Path(sys.executable).with_name("accelerate")
-    # `accelerate launch --cpu` starts a single process; --multi_gpu runs torchrun, and the
-    # trainer forms a gloo process group when there is no CUDA.
-    command = [
-        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", "0", "-m", "markup2im",  # a free port, chosen when it binds
-        *cli_train(dataset_dir, out, "--max-steps", "3", "--checkpoint-every", "2")[3:],
-    ]  # fmt: skip
-    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+    flags = ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+             "--dynamo_backend", "no", "--num_cpu_threads_per_process", str(threads)]  # fmt: skip
+    if processes > 1:
+        flags += ["--multi_gpu", "--main_process_port", "0"]  # port 0: a free one
+    return [str(accelerate), "launch", *flags, "-m", "markup2im", *train_args]
+
+
+def launch(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def checkpoint_keys(checkpoint: Path) -> list[str]:
+    return list(load_file(checkpoint / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_and_resume_as_one(tmp_path: Path, dataset_dir: Path) -> None:
+    """Two processes reach the walltime margin: they agree at the read-back (step 2) and stop
+    together with one checkpoint of unwrapped weights, which one process then resumes."""
+    out = tmp_path / "ddp"
+    steps = ["--max-steps", "4", "--checkpoint-every", "2"]
+    env = {**CPU_PROCESSES, "SLURM_JOB_ID": "77", "SLURM_JOB_END_TIME": str(int(time.time()) + 60)}
+    done = launch(
+        accelerate_launch(2, cli_train(dataset_dir, out, *steps, "--walltime-margin", "600")[3:]),
+        env,
+    )
+    assert done.returncode != 0, done.stderr[-4000:]
+    assert done.stderr.count("before the Slurm time limit (") >= 2, done.stderr[-4000:]
+    assert len(re.findall(r"markup2im train: stopping \d+ s .* at step 2;", done.stderr)) == 2
     for rank in (0, 1):
-        assert f"process {rank} of 2: finished 3 steps" in done.stderr, done.stderr[-4000:]
-    assert (out / "model").is_dir()
-    assert len([p for p in out.iterdir() if "model" in p.name]) == 1  # no stray temp copies
+        assert re.search(rf"process {rank} of 2 \(cpu[:0-9]*, 1 torch threads\)", done.stderr)
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [2]
     checkpoint = out / "checkpoints" / "checkpoint-2"
     assert sorted(p.name for p in checkpoint.glob("random_states_*.pkl")) == [
         "random_states_0.pkl", "random_states_1.pkl",
     ]  # fmt: skip
-    assert len(read_log(out / "train_log.csv")) == 3  # one writer
+    keys = checkpoint_keys(checkpoint)
+    assert keys and not [k for k in keys if k.startswith("module.")]
+    assert json.loads((checkpoint / "markup2im_train.json").read_text())["world_size"] == 2
+    assert [int(r["step"]) for r in read_log(out / "train_log.csv")] == [1, 2]  # one writer
+    assert not (out / "model").exists()
+
+    # one process, given 2 threads by accelerate, resumes the two processes' checkpoint
+    # (accelerate sets OMP_NUM_THREADS; a MKL_NUM_THREADS in the environment would cap torch)
+    env = {k: v for k, v in ENV.items() if k != "MKL_NUM_THREADS"}
+    done = launch(accelerate_launch(1, cli_train(dataset_dir, out, *steps, "--resume", "latest")
+                                    [3:], threads=2), env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "written by 2 processes, resuming with 1" in done.stderr
+    assert re.search(r"process 0 of 1 \(cpu[:0-9]*, 2 torch threads\)", done.stderr), done.stderr
+    assert "resuming at step 2" in done.stderr and "finished 4 steps" in done.stderr
+    assert [int(r["step"]) for r in read_log(out / "train_log.csv")] == [1, 2, 3, 4]
+    assert (out / "model").is_dir()
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_on_two_processes(
+    tmp_path: Path, dataset_dir: Path
+) -> None:
+    """A single-process checkpoint, resumed by two processes with --resume latest, which train
+    on and write one model, one log and one checkpoint with a random state per process."""
+    out = tmp_path / "run"
+    train(tiny(dataset_dir, out, max_steps=4, checkpoint_every=2, checkpoints_total_limit=None))
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(out / "model")
+    rows = (out / "train_log.csv").read_text(encoding="utf-8").splitlines()
+    (out / "train_log.csv").write_text("\n".join(rows[:3]) + "\n", encoding="utf-8")
+    steps = ["--max-steps", "4", "--checkpoint-every", "2", "--resume", "latest"]
+    done = launch(accelerate_launch(2, cli_train(dataset_dir, out, *steps)[3:]), CPU_PROCESSES)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "written by 1 processes, resuming with 2" in done.stderr
+    for rank in (0, 1):
+        assert f"process {rank} of 2: finished 4 steps" in done.stderr, done.stderr[-4000:]
+    assert (out / "model").is_dir()
+    assert len([p for p in out.iterdir() if "model" in p.name]) == 1  # no stray temp copies
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [2, 4]
+    checkpoint = out / "checkpoints" / "checkpoint-4"
+    assert sorted(p.name for p in checkpoint.glob("random_states_*.pkl")) == [
+        "random_states_0.pkl", "random_states_1.pkl",
+    ]  # fmt: skip
+    assert not [k for k in checkpoint_keys(checkpoint) if k.startswith("module.")]
+    assert [int(r["step"]) for r in read_log(out / "train_log.csv")] == [1, 2, 3, 4]  # one writer
+
+
+@pytest.mark.slow
+def test_processes_of_a_multi_gpu_launch_without_cuda_refuse_to_train_alone(
+    tmp_path: Path, dataset_dir: Path
+) -> None:
+    """`accelerate launch --multi_gpu` where CUDA is missing starts processes that each run
+    alone (DistributedType.NO): they stop at once instead of training N separate models."""
+    out = tmp_path / "run"
+    done = launch(accelerate_launch(2, cli_train(dataset_dir, out, "--max-steps", "2")[3:]), ENV)
+    assert done.returncode != 0
+    for rank in (0, 1):
+        assert f"started as process {rank} of 2 (WORLD_SIZE=2)" in done.stderr, done.stderr[-4000:]
+    assert "ACCELERATE_USE_CPU=1" in done.stderr
+    assert "markup2im train: error:" in done.stderr  # a project error, printed without traceback
+    assert not (out / "checkpoints").exists() and not (out / "model").exists()
+    assert not (out / "train_log.csv").exists()
+
+
+# ---- GPU-readiness: what a CUDA run needs, tested on the CPU ------------------------------
+
+
+def test_ema_slot_loads_the_shadow_weights_onto_the_device() -> None:
+    """accelerate loads registered objects as CPU tensors; the EMA's slot moves them."""
+    from diffusers.training_utils import EMAModel
+
+    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    state = EMAModel(params, decay=0.5).state_dict()
+    plain = EMAModel(params, decay=0.5)
+    plain.load_state_dict(state)
+    assert {s.device.type for s in plain.shadow_params} == {"cpu"}  # what broke a GPU resume
+    ema = EMAModel(params, decay=0.5)
+    slot = EMAOnDevice(ema, "meta")  # a device other than the state's, as cuda would be
+    slot.load_state_dict(state)
+    assert {s.device.type for s in ema.shadow_params} == {"meta"}
+    assert slot.state_dict()["decay"] == 0.5
+
+
+def test_resumed_ema_lands_on_the_model_device(
+    tmp_path: Path, dataset_dir: Path, monkeypatch
+) -> None:
+    """Resuming loads the EMA through its device slot, onto the model's device, and the resumed
+    run equals an uninterrupted one. (The EMA used to be moved to the device before loading,
+    and the loaded CPU tensors then met CUDA weights at its first step.)"""
+    import markup2im.training as training
+
+    settings = dict(ema=True, ema_decay=0.7, max_steps=4, checkpoint_every=2,
+                    checkpoints_total_limit=None)  # fmt: skip
+    whole = tmp_path / "whole"
+    train(tiny(dataset_dir, whole, **settings))
+    cut = tmp_path / "cut"
+    shutil.copytree(whole / "checkpoints" / "checkpoint-2", cut / "checkpoints" / "checkpoint-2")
+    loads = []
+    original = training.EMAOnDevice.load_state_dict
+
+    def recording_load(self, state):
+        original(self, state)
+        loads.append((self.device, {s.device for s in self.ema.shadow_params}))
+
+    monkeypatch.setattr(training.EMAOnDevice, "load_state_dict", recording_load)
+    train(tiny(dataset_dir, cut, resume="latest", **settings))
+    assert loads == [(torch.device("cpu"), {torch.device("cpu")})]  # the model's device here
+    assert_same_weights(whole / "model", cut / "model")
+
+
+def test_checkpoint_weights_are_unwrapped_and_old_prefixed_ones_load() -> None:
+    from markup2im.training import unwrapped_state
+
+    weights = {"conv.weight": 1, "conv.bias": 2}
+    assert unwrapped_state({f"module.{k}": v for k, v in weights.items()}) == weights
+    assert unwrapped_state(weights) == weights
+    mixed = {"module.a": 1, "b": 2}  # not a DDP state dict: left alone
+    assert unwrapped_state(mixed) == mixed
+
+
+def test_resume_auto_treats_another_process_count_as_other_settings(
+    tmp_path: Path, dataset_dir: Path, caplog
+) -> None:
+    """latest loads a checkpoint of another process count (with a warning); auto sets it aside
+    (the global batch differs) and trains afresh."""
+    out = tmp_path / "run"
+    train(tiny(dataset_dir, out, max_steps=4, checkpoints_total_limit=None))
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(out / "model")
+    record_path = out / "checkpoints" / "checkpoint-2" / "markup2im_train.json"
+    record = json.loads(record_path.read_text())
+    record["world_size"] = 2
+    record_path.write_text(json.dumps(record))
+    with caplog.at_level("WARNING", logger="markup2im.training"):
+        train(tiny(dataset_dir, out, max_steps=4, resume="latest"))
+    assert any("written by 2 processes, resuming with 1" in r.getMessage() for r in caplog.records)
+    assert not list(out.glob("checkpoints.stale-*"))
+    assert [int(r["step"]) for r in read_log(out / "train_log.csv")] == [1, 2, 3, 4]
+
+    train(tiny(dataset_dir, tmp_path / "other", max_steps=2))
+    other = tmp_path / "other" / "checkpoints" / "checkpoint-2" / "markup2im_train.json"
+    record = json.loads(other.read_text())
+    record["world_size"] = 4
+    other.write_text(json.dumps(record))
+    with caplog.at_level("WARNING", logger="markup2im.training"):
+        train(tiny(dataset_dir, tmp_path / "other", max_steps=2, resume="auto"))
+    assert any("trained by 4 processes and this run has 1" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    (stale,) = (tmp_path / "other").glob("checkpoints.stale-*")
+    assert [s for s, _ in list_checkpoints(stale)] == [2]
+
+
+def test_a_process_of_many_that_runs_alone_is_refused() -> None:
+    from markup2im.training import check_process_group
+
+    check_process_group(1, {})
+    check_process_group(1, {"WORLD_SIZE": "1"})
+    check_process_group(2, {"WORLD_SIZE": "2"})
+    with pytest.raises(ConfigError, match=r"process 1 of 2 .*single process.*ACCELERATE_USE_CPU=1"):
+        check_process_group(1, {"WORLD_SIZE": "2", "RANK": "1"})
+
+
+def original_lrs(warmup: int, total: int, processes: int) -> list[float]:
+    """The original's learning rates: a diffusers schedule of total x N steps, prepared by
+    accelerate, which steps it N times per optimizer step."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total * processes)
+    lrs = []
+    for _ in range(total):
+        lrs.append(scheduler.get_last_lr()[0])
+        for _ in range(processes):
+            scheduler.step()
+    return lrs
+
+
+def our_lrs(warmup: int, total: int, processes: int) -> list[float]:
+    from markup2im.training import lr_schedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = lr_schedule(optimizer, warmup, total, processes)
+    lrs = []
+    for _ in range(total):
+        lrs.append(scheduler.get_last_lr()[0])
+        scheduler.step()
+    return lrs
+
+
+def test_warmup_per_process_is_the_original_schedule_on_n_processes() -> None:
+    """Music on 4 GPUs: the original warmed up over 125 optimizer steps, ours over 500."""
+    ours = our_lrs(500, 2000, 1)
+    assert ours == original_lrs(500, 2000, 1)  # one process: the same schedule
+    assert ours[500] == 1.0 and ours[499] < 1.0
+    per_process = our_lrs(500, 2000, 4)
+    np.testing.assert_allclose(per_process, original_lrs(500, 2000, 4), rtol=1e-12, atol=1e-15)
+    assert per_process[125] == 1.0 and per_process[124] < 1.0
+    assert per_process[-1] < 1e-5  # the cosine still ends at the end of training
+    np.testing.assert_allclose(our_lrs(3, 10, 2), original_lrs(3, 10, 2), rtol=1e-12)
+
+
+def test_warmup_per_process_changes_nothing_for_one_process(
+    tmp_path: Path, dataset_dir: Path
+) -> None:
+    train(tiny(dataset_dir, tmp_path / "a", checkpoint_every=100))
+    train(tiny(dataset_dir, tmp_path / "b", checkpoint_every=100, warmup_per_process=True))
+    assert_same_weights(tmp_path / "a" / "model", tmp_path / "b" / "model")
+
+
+def test_losses_are_read_back_every_n_steps_and_every_step_is_logged(
+    tmp_path: Path, dataset_dir: Path, monkeypatch
+) -> None:
+    """One read-back (all processes' losses and the stop flags at once) per log_every steps,
+    and at checkpoints and the end; the log still has a row per step and the run is the same."""
+    from accelerate import Accelerator
+
+    reads: list[int] = []
+    original_reduce = Accelerator.reduce
+
+    def counting_reduce(self, tensor, *args, **kwargs):
+        if tensor.ndim == 1 and tensor.numel() > 2:  # not the checkpoint's check loss
+            reads.append(tensor.numel() - 2)  # pending losses + the two stop flags
+        return original_reduce(self, tensor, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "reduce", counting_reduce)
+    every = tiny(dataset_dir, tmp_path / "every", max_steps=8, checkpoint_every=100, log_every=1)
+    train(every)
+    assert reads == [1] * 8
+    reads.clear()
+    train(tiny(dataset_dir, tmp_path / "three", max_steps=8, checkpoint_every=5, log_every=3))
+    assert reads == [3, 2, 1, 2]  # steps 3, 5 (checkpoint), 6, 8 (the end)
+    assert_same_weights(tmp_path / "every" / "model", tmp_path / "three" / "model")
+    a, b = (
+        read_log(tmp_path / "every" / "train_log.csv"),
+        read_log(tmp_path / "three" / "train_log.csv"),
+    )
+    assert [int(r["step"]) for r in b] == list(range(1, 9))
+    assert [(r["loss"], r["lr"], r["m"], r["ss_prob"]) for r in a] == [
+        (r["loss"], r["lr"], r["m"], r["ss_prob"]) for r in b
+    ]
+    assert DEFAULT_LOG_EVERY == TrainConfig.__dataclass_fields__["log_every"].default
+
+
+def test_step_draws_equal_prepare_step_on_cpu_and_use_the_noise_generator() -> None:
+    from markup2im.diffusion import NoiseSchedule
+    from markup2im.pipeline import DEFAULT_SCHEDULER_CONFIG
+    from markup2im.scheduled_sampling import (
+        ScheduledSamplingConfig,
+        draw_timesteps_and_m,
+        prepare_step,
+    )
+    from markup2im.training import draw_step, noise_generator
+
+    schedule = NoiseSchedule.from_scheduler_config(DEFAULT_SCHEDULER_CONFIG)
+    config = ScheduledSamplingConfig(max_m=2, start=(0.5, 0.5), end=(0.5, 0.5))
+    x0 = torch.rand(3, 1, 8, 8) * 2 - 1
+    weight = torch.randn(1)
+
+    def eps_model(x, t):
+        return x * weight + t.float()[:, None, None, None] / 1000
+
+    for seed in range(6):
+        a = prepare_step(eps_model, schedule, config, x0, 0.5, torch.Generator().manual_seed(seed))
+        b = draw_step(eps_model, schedule, config, x0, 0.5, torch.Generator().manual_seed(seed))
+        assert a.m == b.m and torch.equal(a.timesteps, b.timesteps)
+        assert torch.equal(a.x_t, b.x_t) and torch.equal(a.target, b.target)
+        # a separate noise generator (the CUDA path): the same t and m, its own noise
+        c = draw_step(
+            eps_model, schedule, config, x0, 0.5, torch.Generator().manual_seed(seed),
+            torch.Generator().manual_seed(1000 + seed),
+        )  # fmt: skip
+        t, m = draw_timesteps_and_m(config, 0.5, 3, 1000, torch.Generator().manual_seed(seed))
+        assert c.m == m and torch.equal(c.timesteps, t)
+        assert not torch.equal(c.x_t, a.x_t)
+    assert noise_generator(1, torch.device("cpu")) is None
+
+
+def test_worker_tokens_encode_as_the_model_does(tmp_path: Path) -> None:
+    from markup2im.pipeline import Markup2ImModel
+    from markup2im.training import encode_tokens
+
+    model = Markup2ImModel.from_config(model_preset="tiny", encoder="offline", height=64,
+                                       width=64, channels=1, max_markup_length=16)  # fmt: skip
+    markups = ["<td>1</td>", "x" * 40, ""]
+    hidden, mask = model.encode(markups)
+    ids, token_mask = model.encoder.tokenize(markups)
+    again, again_mask = encode_tokens(model.encoder, ids, token_mask)
+    assert torch.equal(hidden, again) and torch.equal(mask, again_mask)
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_workers_persist_across_epochs_and_train_the_same_model(
+    tmp_path: Path, dataset_dir: Path, workers: int
+) -> None:
+    """Workers decode and tokenise, live across epochs, and change nothing in the result."""
+    settings = dict(max_steps=None, epochs=2, checkpoint_every=100)
+    train(tiny(dataset_dir, tmp_path / "main", **settings))
+    train(tiny(dataset_dir, tmp_path / "workers", num_workers=workers, **settings))
+    assert_same_weights(tmp_path / "main" / "model", tmp_path / "workers" / "model")
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one mixed-precision setting per process: reset it around a test that
+    trains with another."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_bf16_trains_on_cpu_with_the_encoder_under_the_same_autocast(
+    tmp_path: Path, dataset_dir: Path
+) -> None:
+    seen: dict[str, set] = {"encoder": set(), "denoiser": set()}
+
+    def record(module, args):
+        # accelerate's autocast wraps the denoiser's forward, inside its hooks: look at its
+        # convolutions (the offline encoder has none)
+        kind = {"BertModel": "encoder", "Conv2d": "denoiser"}.get(type(module).__name__)
+        if kind is not None:
+            enabled = torch.is_autocast_enabled("cpu")
+            seen[kind].add((enabled, torch.get_autocast_dtype("cpu") if enabled else None))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        result = train(tiny(dataset_dir, tmp_path / "bf16", mixed_precision="bf16", max_steps=4))
+    finally:
+        handle.remove()
+    assert math.isfinite(result.final_loss)
+    assert all(
+        math.isfinite(float(r["loss"])) for r in read_log(tmp_path / "bf16" / "train_log.csv")
+    )
+    assert seen["denoiser"] == {(True, torch.bfloat16)}
+    assert seen["encoder"] == {(True, torch.bfloat16)}
+    weights = model_weights(tmp_path / "bf16" / "model")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert {w.dtype for w in weights.values()} == {torch.float32}  # fp32 master weights
+
+
+def test_fused_adamw_only_where_every_parameter_is_on_a_gpu() -> None:
+    from markup2im.training import adamw_options
+
+    assert adamw_options([torch.nn.Parameter(torch.zeros(2))]) == {}
+    assert adamw_options([]) == {}
+
+
+def test_channels_last_trains_about_the_same_model(tmp_path: Path, dataset_dir: Path) -> None:
+    train(tiny(dataset_dir, tmp_path / "a", checkpoint_every=100))
+    train(tiny(dataset_dir, tmp_path / "b", checkpoint_every=100, channels_last=True))
+    a, b = model_weights(tmp_path / "a" / "model"), model_weights(tmp_path / "b" / "model")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+
+
+def test_markup_buckets_pad_to_a_few_lengths() -> None:
+    from markup2im.training import bucket_length, markup_buckets
+
+    assert markup_buckets(1025) == (32, 64, 128, 256, 512, 1025)  # paper: 1024 tokens + end
+    assert markup_buckets(65) == (32, 65)
+    assert markup_buckets(20) == (20,)
+    assert [bucket_length(n, 1025) for n in (1, 32, 33, 100, 513, 1025)] == [
+        32, 32, 64, 128, 1025, 1025,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="longer than the limit"):
+        bucket_length(1026, 1025)
+
+
+def test_padded_markup_gives_the_unpadded_output_and_padding_is_masked() -> None:
+    from markup2im.models.denoiser import MarkupUNet
+    from markup2im.presets import get_model_preset
+    from markup2im.training import pad_markup
+
+    torch.manual_seed(0)
+    denoiser = MarkupUNet.from_preset(get_model_preset("tiny"), height=64, width=64, channels=1,
+                                      cross_attention_dim=16, max_text_positions=65).eval()  # fmt: skip
+    x, t = torch.randn(2, 1, 64, 64), torch.tensor([10, 900])
+    hidden = torch.randn(2, 7, 16)
+    mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
+    hidden = hidden * mask[..., None]
+    with torch.no_grad():
+        plain = denoiser(x, t, hidden, mask)
+        padded_hidden, padded_mask = pad_markup(hidden, mask, 32)
+        assert padded_hidden.shape == (2, 32, 16) and padded_mask.shape == (2, 32)
+        assert not padded_mask[:, 7:].any() and torch.equal(padded_hidden[:, :7], hidden)
+        padded = denoiser(x, t, padded_hidden, padded_mask)
+        # garbage where the mask is False changes nothing: the mask is respected
+        garbage = padded_hidden.clone()
+        garbage[~padded_mask] = 1e3
+        masked = denoiser(x, t, garbage, padded_mask)
+    torch.testing.assert_close(padded, plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(masked, plain, rtol=1e-4, atol=1e-5)
+    assert pad_markup(hidden, mask, 7)[0] is hidden
+
+
+def test_encoder_cache_encodes_each_example_once(tmp_path: Path) -> None:
+    from markup2im.pipeline import Markup2ImModel
+    from markup2im.training import Batch, EncoderCache, encode_tokens
+
+    model = Markup2ImModel.from_config(model_preset="tiny", encoder="offline", height=64,
+                                       width=64, channels=1, max_markup_length=32)  # fmt: skip
+    markups = ["<td>1</td>", "a much longer piece of markup", "x", "<tr></tr>"]
+
+    def batch(indices: list[int]) -> Batch:
+        ids, mask = model.encoder.tokenize([markups[i] for i in indices])
+        return Batch(indices, [markups[i] for i in indices], torch.zeros(len(indices)), ids, mask)
+
+    cache = EncoderCache(lambda ids, mask: encode_tokens(model.encoder, ids, mask))
+    for indices in ([0, 1], [2, 0], [3, 1, 2, 0]):
+        hidden, mask = cache(batch(indices))
+        want, want_mask = model.encode([markups[i] for i in indices])
+        assert torch.equal(mask, want_mask) and hidden.shape == want.shape
+        torch.testing.assert_close(hidden, want, rtol=1e-5, atol=1e-6)
+    assert cache.encoded == 4  # each example once
+
+
+def test_cache_encoder_trains_about_the_same_model(tmp_path: Path, dataset_dir: Path) -> None:
+    settings = dict(max_steps=None, epochs=2, checkpoint_every=100)
+    train(tiny(dataset_dir, tmp_path / "a", **settings))
+    train(tiny(dataset_dir, tmp_path / "b", cache_encoder=True, **settings))
+    a, b = model_weights(tmp_path / "a" / "model"), model_weights(tmp_path / "b" / "model")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+    with pytest.raises(ConfigError, match="cache_encoder"):
+        train(tiny(dataset_dir, tmp_path / "c", cache_encoder=True, train_encoder=True))
+
+
+def test_torch_threads_are_left_as_given(tmp_path: Path, dataset_dir: Path, caplog) -> None:
+    """The workflow gives each process threads // gpus (accelerate launch
+    --num_cpu_threads_per_process); training keeps whatever torch was given."""
+    assert torch.get_num_threads() == 1  # the one_thread fixture
+    with caplog.at_level("INFO", logger="markup2im.training"):
+        train(tiny(dataset_dir, tmp_path / "run", max_steps=1))
+    assert torch.get_num_threads() == 1
+    assert any("1 torch threads" in r.getMessage() for r in caplog.records)
+
+
+# ---- walltime -----------------------------------------------------------------------------
+
+
+def test_slurm_job_end_from_the_environment_or_squeue() -> None:
+    from markup2im.training import parse_slurm_time, slurm_job_end, walltime_deadline
+
+    stamp = "2026-12-01T23:10:00"
+    expected = time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+    assert parse_slurm_time(stamp) == expected
+    for text in ("N/A", "Unknown", "NONE", "UNLIMITED", ""):
+        assert parse_slurm_time(text) is None
+    calls = []
+
+    def squeue(output: str, status: int = 0):
+        def run(command, **kwargs):
+            calls.append(command)
+            return subprocess.CompletedProcess(command, status, stdout=output, stderr="boom")
+
+        return run
+
+    assert slurm_job_end({}, squeue(stamp)) is None and not calls  # not in a Slurm job
+    env = {"SLURM_JOB_ID": "42", "SLURM_JOB_END_TIME": "1800000000"}
+    assert slurm_job_end(env, squeue(stamp)) == 1800000000.0 and not calls  # Slurm >= 23.02
+    env = {"SLURM_JOB_ID": "42"}
+    assert slurm_job_end(env, squeue(stamp + "\n")) == expected
+    assert calls == [["squeue", "-h", "-j", "42", "-o", "%e"]]
+    assert slurm_job_end(env, squeue("UNLIMITED\n")) is None
+    assert slurm_job_end(env, squeue("", status=1)) is None
+
+    def missing(command, **kwargs):
+        raise FileNotFoundError("squeue")
+
+    assert slurm_job_end(env, missing) is None
+    assert walltime_deadline(300, env, squeue(stamp)) == (expected - 300, expected)
+    with pytest.raises(ConfigError, match="walltime margin"):
+        walltime_deadline(-1, env, squeue(stamp))
+
+
+@pytest.mark.slow
+def test_deadline_stops_at_a_step_with_a_checkpoint_and_resumes_bit_identically(
+    tmp_path: Path, dataset_dir: Path, whole_run: Path, monkeypatch, caplog
+) -> None:
+    """The deadline passes during step 7 (a fake clock, read at the start and once per step):
+    the run stops after it as on SIGUSR1, with a checkpoint, and its continuation equals the
+    uninterrupted run."""
+    import markup2im.training as training
+
+    deadline = 1_000_000.0
+    ticks = iter([deadline - 1] * (1 + 6) + [deadline + 5] * 100)
+    monkeypatch.setattr(training, "_now", lambda: next(ticks))
+    out = tmp_path / "run"
+    config = tiny(dataset_dir, out, deadline=deadline, time_limit=deadline + 65, **SIGNAL_RUN)
+    with (
+        caplog.at_level("WARNING", logger="markup2im.training"),
+        pytest.raises(TrainingInterrupted) as info,
+    ):
+        train(config)
+    assert info.value.step == 7 and info.value.exit_code == 143
+    assert "stopping 60 s before the Slurm time limit" in str(info.value)
+    assert "--resume latest" in str(info.value)
+    assert any("stopping 60 s before the Slurm time limit" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")][-1] == 7
+    assert [int(r["step"]) for r in read_log(out / "train_log.csv")] == list(range(1, 8))
+    assert not (out / "model").exists()
+    train(tiny(dataset_dir, out, resume="latest", **SIGNAL_RUN))
+    assert_same_weights(whole_run / "model", out / "model")
+    rows, whole_rows = read_log(out / "train_log.csv"), read_log(whole_run / "train_log.csv")
+    assert [r["loss"] for r in rows] == [r["loss"] for r in whole_rows]
+
+
+def test_walltime_margin_flag_stops_before_the_slurm_limit(
+    tmp_path: Path, dataset_dir: Path, monkeypatch, capsys
+) -> None:
+    """`markup2im train --walltime-margin` in a Slurm job whose limit is near: one step, a
+    checkpoint, status 143, and a message that says why."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 30))
+    out = tmp_path / "run"
+    command = cli_train(dataset_dir, out, "--max-steps", "5", "--walltime-margin", "600")[3:]
+    assert cli_main(command) == 143
+    err = capsys.readouterr().err
+    assert re.search(r"stopping \d+ s before the Slurm time limit \(.*\) at step 1;", err), err
+    assert "--resume latest" in err and "Traceback" not in err, err
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [1]
+    monkeypatch.delenv("SLURM_JOB_END_TIME")
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert cli_main([*command[:-2], "--resume", "latest"]) == 0
+    assert [int(r["step"]) for r in read_log(out / "train_log.csv")] == [1, 2, 3, 4, 5]
+
+
+def test_cli_flags_reach_the_config_with_the_library_defaults(monkeypatch) -> None:
+    """The new flags of `markup2im train` and their defaults (the CLI does not import torch,
+    so it repeats them)."""
+    import argparse
+
+    import markup2im.cli.train as cli_module
+    import markup2im.training as training
+
+    parser = argparse.ArgumentParser()
+    cli_module.add_parser(parser.add_subparsers())
+    base = ["train", "--dataset-dir", "d", "--output-dir", "o", "--method", "baseline"]
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(training, "train", lambda config: seen.append(config))
+    args = parser.parse_args(base)
+    assert cli_module.run(args) == 0
+    defaults = TrainConfig(dataset_dir=Path("d"), output_dir=Path("o"), method="baseline")
+    assert seen[0] == dataclasses_replace(defaults, output_dir=seen[0].output_dir)
+    args = parser.parse_args([*base, "--log-every", "50", "--warmup-per-process",
+                              "--channels-last", "--compile", "--cache-encoder"])  # fmt: skip
+    cli_module.run(args)
+    assert (seen[1].log_every, seen[1].warmup_per_process, seen[1].channels_last,
+            seen[1].compile, seen[1].cache_encoder) == (50, True, True, True, True)  # fmt: skip
+    assert seen[1].deadline is None  # --walltime-margin outside Slurm: no deadline
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    cli_module.run(parser.parse_args([*base, "--walltime-margin", "300"]))
+    assert seen[2].deadline is None and seen[2].time_limit is None
+    monkeypatch.setenv("SLURM_JOB_ID", "5")
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "2000000000")
+    cli_module.run(parser.parse_args([*base, "--walltime-margin", "300"]))
+    assert (seen[3].deadline, seen[3].time_limit) == (2000000000 - 300, 2000000000)
+
+
+def dataclasses_replace(config: TrainConfig, **changes: object) -> TrainConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)

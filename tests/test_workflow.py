@@ -267,7 +267,10 @@ def test_default_config_plans_the_whole_dag(tmp_path: Path) -> None:
         assert c.startswith("OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 accelerate launch ")
         assert "--num_cpu_threads_per_process 1 --cpu --num_processes 1" in c
         assert "--model-preset small --encoder offline" in c
-        assert "--checkpoint-every 200 --checkpoints-total-limit 2 --walltime-margin 300" in c
+        assert (
+            "--checkpoint-every 200 --checkpoints-total-limit 2 --log-every 10 --num-workers 0"
+            " --walltime-margin 300"
+        ) in c
     generate = [c for c in commands if "markup2im generate" in c]
     assert len(generate) == 2
     assert all("--sampler ddim --num-inference-steps 10" in c for c in generate)
@@ -638,6 +641,7 @@ def test_changed_generation_setting_reruns_generation_onward_only(micro_run: Pat
     [
         "datasets={micro: {generate: {batch_size: 1}}}",
         "datasets={micro: {train: {checkpoint_every: 5, checkpoints_total_limit: 7}}}",
+        "datasets={micro: {train: {log_every: 3, num_workers: 1}}}",
         "resources={train: {walltime_margin: 60, chunks: 3}}",
     ],
 )
@@ -811,7 +815,7 @@ def test_hub_encoder_is_saved_once_and_training_needs_no_hub(tmp_path: Path, mon
     workdir = tmp_path / "run"
     config = micro_with_hub_encoder(tmp_path)
     encoder_dir = f"results/encoders/markup2im-test--tiny-gpt-neo@{TINY_HUB_COMMIT}"
-    proc = snakemake(workdir, "--configfile", config, encoder_dir, timeout=RUN_TIMEOUT)
+    proc = snakemake(workdir, encoder_dir, "--configfile", config, timeout=RUN_TIMEOUT)
     assert_ok(proc, workdir)
     assert job_counts(output_of(proc)) == {"fetch_encoder": 1}
     record = json.loads((workdir / encoder_dir / "markup2im_encoder.json").read_text())
@@ -819,7 +823,7 @@ def test_hub_encoder_is_saved_once_and_training_needs_no_hub(tmp_path: Path, mon
 
     shutil.rmtree(cache)  # like a compute node: no hub, no cache
     model = "results/micro/baseline/train/model"
-    proc = snakemake(workdir, "--configfile", config, "-p", model, timeout=RUN_TIMEOUT)
+    proc = snakemake(workdir, model, "-p", "--configfile", config, timeout=RUN_TIMEOUT)
     assert_ok(proc, workdir)
     assert job_counts(output_of(proc)) == {"build_dataset": 1, "train": 1}
     (train,) = [c for c in shell_commands(output_of(proc)) if "markup2im train" in c]

@@ -113,6 +113,8 @@ def test_paper_plan_fetches_each_hub_encoder_once_and_trains_from_the_copy() -> 
     assert plan.train_runtime_flags("math") == {
         "checkpoint_every": 5000,
         "checkpoints_total_limit": 2,
+        "log_every": 10,
+        "num_workers": 0,
     }
     assert plan.encoder_input("math") == ["results/encoders/EleutherAI--gpt-neo-125M"]
     assert "--encoder results/encoders/EleutherAI--gpt-neo-125M" in plan.import_flags("math")
@@ -219,3 +221,16 @@ def test_labels_and_titles_of_a_partly_released_dataset() -> None:
     assert plan.paired_title("math", "ddpm1000") == (
         "math, ddpm1000: scheduled sampling - released baseline"
     )
+
+
+def test_training_options_that_change_the_model_are_flags_the_others_resources() -> None:
+    def options(config):
+        config["datasets"]["music"]["train"].update(
+            warmup_per_process=True, compile=True, log_every=50, num_workers=4
+        )
+
+    plan = plan_of("config/paper.yaml", options)
+    flags = plan.train_flags("music", "baseline")
+    assert "--warmup-per-process" in flags and "--compile" in flags
+    assert "--log-every" not in flags and "--num-workers" not in flags
+    assert plan.train_runtime_flags("music")["num_workers"] == 4

@@ -189,10 +189,13 @@ def build_inputs(
     m: int,
     noise: torch.Tensor,
     fresh_noise: Sequence[torch.Tensor] = (),
+    t_max: int | None = None,
 ) -> StepInputs:
     """The training inputs for given randomness: baseline for m = 0, an m-step rollout otherwise.
 
-    ``fresh_noise`` holds the m noise tensors of the rollout steps, in order.
+    ``fresh_noise`` holds the m noise tensors of the rollout steps, in order. ``t_max``, the
+    largest timestep, spares reading it back from a GPU (a host sync) when the caller drew the
+    timesteps on the CPU and knows it.
     """
     if m == 0:
         x_t = schedule.q_sample(x0, noise, timesteps)
@@ -201,10 +204,10 @@ def build_inputs(
         raise ValueError(
             f"rollout of {m} steps needs {m} fresh noise tensors, got {len(fresh_noise)}"
         )
-    if int(timesteps.max()) + m > schedule.num_train_timesteps - 1:
-        raise ValueError(
-            f"rollout of {m} steps from t = {int(timesteps.max())} leaves the schedule"
-        )
+    if t_max is None:
+        t_max = int(timesteps.max())
+    if t_max + m > schedule.num_train_timesteps - 1:
+        raise ValueError(f"rollout of {m} steps from t = {t_max} leaves the schedule")
     with torch.no_grad():
         tau = timesteps + m
         x_tau = schedule.q_sample(x0, noise, tau)
@@ -230,13 +233,14 @@ def prepare_step(
     batch, device = x0.shape[0], x0.device
     T = schedule.num_train_timesteps
     timesteps, m = draw_timesteps_and_m(config, progress, batch, T, generator)
+    t_max = int(timesteps.max())  # on the CPU copy: no host sync
     timesteps = timesteps.to(device)
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(device, x0.dtype)
     fresh = [
         torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(device, x0.dtype)
         for _ in range(m)
     ]
-    return build_inputs(eps_model, schedule, x0, timesteps, m, noise, fresh)
+    return build_inputs(eps_model, schedule, x0, timesteps, m, noise, fresh, t_max)
 
 
 def step_loss(

@@ -8,12 +8,16 @@ the DDP wrapper, only the denoiser trains.
 Defaults are the paper's: AdamW (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01), 500
 warm-up steps then cosine to 0, gradient-norm clip 1.0, batch 16 per process, 100 epochs, fp32, no
 EMA, data-shuffle seed 42 and torch/numpy/random seed 1234. Unlike the original, the learning rate
-is a float, only the main process writes files and every data-loader worker seeds numpy.
+is a float, only the main process writes files and every data-loader worker seeds numpy. The
+original stepped its (accelerate-prepared) lr scheduler once per process per optimizer step, so
+on N GPUs its warm-up took 500 / N optimizer steps; ours takes 500 whatever N, and
+``warmup_per_process`` reproduces the original's (:func:`lr_schedule`).
 
 Output directory::
 
     O/checkpoints/checkpoint-<step>/   Accelerator.save_state + markup2im_train.json (resume point)
-    O/train_log.csv                    step, epoch, loss, lr, ss_prob, m, seconds (one row per step)
+    O/train_log.csv                    step, epoch, loss, lr, ss_prob, m, seconds (one row per step,
+                                       written every ``log_every`` steps)
     O/model/                           the final Markup2ImModel.save_pretrained layout
     O/snapshots/step-<N>/              the model every --snapshot-every steps (when asked)
 
@@ -23,19 +27,37 @@ step). A checkpoint therefore only needs the model, optimizer, lr scheduler, EMA
 (epoch, batches consumed); on CPU a run killed with SIGTERM and resumed ends with the same weights,
 bit for bit, as an uninterrupted one. SIGTERM or SIGUSR1 (what Slurm sends before preempting)
 and SIGINT (Ctrl-C; a second one stops at once) make the trainer finish its step, save a
-checkpoint and raise :class:`TrainingInterrupted`.
+checkpoint and raise :class:`TrainingInterrupted`; so does reaching ``deadline`` (``markup2im
+train --walltime-margin``: a margin before the Slurm job's time limit, see :func:`slurm_job_end`).
+With several processes the decision to stop is all-reduced, so they all stop at the same step.
+
+Checkpoints hold the unwrapped denoiser's weights (no DDP ``module.`` prefix), so a run can
+resume on another number of processes: ``--resume latest`` does, with a warning (the data order
+per process and the global batch change); ``--resume auto`` (the workflow's) treats another
+process count like other settings, since the global batch differs.
 
 A checkpoint records the settings and a fingerprint of the dataset it was trained on. ``--resume
-latest`` refuses a checkpoint of other settings or data; ``--resume auto`` (what the workflow
-uses) then moves the checkpoints aside to ``O/checkpoints.stale-<date>-<time>/`` and starts from
-scratch. A damaged checkpoint is skipped with a warning (renamed ``damaged-checkpoint-<step>``)
-and the one before it is used.
+latest`` refuses a checkpoint of other settings or data; ``--resume auto`` then moves the
+checkpoints aside to ``O/checkpoints.stale-<date>-<time>/`` and starts from scratch. A damaged
+checkpoint is skipped with a warning (renamed ``damaged-checkpoint-<step>``) and the one before it
+is used.
 
 A non-finite loss raises TrainingDivergedError. A checkpoint counts as sane when the loss of
 the last batch with its weights is finite and at most SANE_LOSS_FACTOR times the running loss
 (recorded in its state file); the newest sane checkpoint is kept even past the pruning limit
 while no newer one is sane, and after a divergence the later ones are renamed
 ``diverged-checkpoint-<step>`` so that resuming starts from the sane one.
+
+On a GPU the step never waits for the device: t and m are drawn on the CPU (where m is needed),
+the noise on the device from a generator seeded the same way, and the losses are read back, all
+processes' at once, only every ``log_every`` steps and at checkpoints (where the stop decision is
+also taken in multi-process runs). TF32 matmuls and cuDNN autotuning are on
+(:func:`markup2im.cuda.configure_cuda`), AdamW is fused, and ``mixed_precision bf16`` runs the
+denoiser and the frozen encoder under the same autocast. Options: ``channels_last``,
+``compile`` (``torch.compile`` of the denoiser, markup states padded to a few lengths,
+:func:`markup_buckets`, so that it compiles once per length) and ``cache_encoder`` (each
+example's frozen-encoder output computed once and kept on the device). Data-loader workers
+(``num_workers``) decode the images and tokenise the markup, and stay alive across epochs.
 """
 
 from __future__ import annotations
@@ -43,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import datetime
 import importlib.util
 import json
 import logging
@@ -50,14 +73,16 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import statistics
+import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
@@ -69,7 +94,13 @@ from markup2im.diffusion import NoiseSchedule, check_prediction_type
 from markup2im.errors import ConfigError, DataError, TrainingDivergedError
 from markup2im.images import image_to_tensor, load_image
 from markup2im.presets import DOMAINS
-from markup2im.scheduled_sampling import ScheduledSamplingConfig, prepare_step, step_loss
+from markup2im.scheduled_sampling import (
+    ScheduledSamplingConfig,
+    StepInputs,
+    build_inputs,
+    draw_timesteps_and_m,
+    step_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +119,29 @@ DIVERGED_PREFIX = "diverged-"  # a checkpoint saved after the loss had left its 
 # absurd learning rate give losses many orders of magnitude above the running loss.
 SANE_LOSS_FACTOR = 100.0
 RUNNING_LOSS_WINDOW = 50  # steps in the running (median) loss
+# Reading the loss back waits for the device; every 10 steps costs a GPU little and keeps a CPU
+# run's log and its divergence check at most 9 steps behind (the rows are still one per step).
+DEFAULT_LOG_EVERY = 10
+# Settings that change the speed, not what is trained (to float rounding): a run resumes with
+# them changed.
+SPEED_SETTINGS = ("log_every", "channels_last", "compile", "cache_encoder")
+SMALLEST_BUCKET = 32  # the shortest padded markup length under --compile
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint; rerun with --resume latest."""
+    """Training stopped on a signal or at its deadline after saving a checkpoint; rerun with
+    --resume latest."""
 
-    def __init__(self, step: int, checkpoint: Path, signum: int = signal.SIGTERM) -> None:
-        name = signal.Signals(signum).name
+    def __init__(
+        self,
+        step: int,
+        checkpoint: Path,
+        signum: int = signal.SIGTERM,
+        reason: str | None = None,
+    ) -> None:
+        what = reason or f"interrupted by a signal ({signal.Signals(signum).name})"
         super().__init__(
-            f"interrupted by a signal ({name}) at step {step}; checkpoint saved in {checkpoint}; "
+            f"{what} at step {step}; checkpoint saved in {checkpoint}; "
             "continue with --resume latest (or auto)"
         )
         self.step = step
@@ -147,11 +192,19 @@ class TrainConfig:
     snapshot_every: int | None = None  # also save the model every N steps (learning curves)
     resume: str = "none"
     limit_train: int | None = None
-    num_workers: int = 0
+    num_workers: int = 0  # data-loader workers (decode + tokenise), kept alive across epochs
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    # the original's warm-up on N processes: its scheduler advanced N times per optimizer step
+    warmup_per_process: bool = False
+    log_every: int = DEFAULT_LOG_EVERY  # read the losses back (one host sync) every N steps
+    channels_last: bool = False  # denoiser weights and images in channels-last memory format
+    compile: bool = False  # torch.compile the denoiser; markup states padded to a few lengths
+    cache_encoder: bool = False  # keep each example's frozen-encoder output (on the device)
+    deadline: float | None = None  # unix time: checkpoint and stop at the first step after it
+    time_limit: float | None = None  # the hard end behind ``deadline`` (messages only)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid setting."""
@@ -171,6 +224,7 @@ class TrainConfig:
             positive["checkpoints_total_limit"] = self.checkpoints_total_limit
         if self.snapshot_every is not None:
             positive["snapshot_every"] = self.snapshot_every
+        positive["log_every"] = self.log_every
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"train: {key} must be >= 1, got {value}")
@@ -198,6 +252,15 @@ class TrainConfig:
             raise ConfigError(f"train: snr_gamma must be a positive number, got {self.snr_gamma}")
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"train: ema_decay must lie in (0, 1), got {self.ema_decay}")
+        if self.cache_encoder and self.train_encoder:
+            raise ConfigError(
+                "train: cache_encoder keeps the encoder's outputs, which a trained encoder "
+                "changes every step; drop cache_encoder or train_encoder"
+            )
+        for key in ("deadline", "time_limit"):
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"train: {key} must be a unix time, got {value}")
 
     def scheduled_sampling(self) -> ScheduledSamplingConfig:
         """The rollout weights of this run's method."""
@@ -212,7 +275,7 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """Settings a checkpoint can only be resumed with unchanged."""
         skip = {"dataset_dir", "output_dir", "resume", "checkpoint_every", "checkpoints_total_limit",
-                "num_workers", "snapshot_every"}  # fmt: skip
+                "num_workers", "snapshot_every", *SPEED_SETTINGS, "deadline", "time_limit"}  # fmt: skip
         return {
             k: list(v) if isinstance(v, tuple) else v
             for k, v in dataclasses.asdict(self).items()
@@ -253,7 +316,7 @@ class MarkupImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.markups)
 
-    def __getitem__(self, index: int) -> tuple[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[int, str, torch.Tensor]:
         name = f"{self.label} example {index} ({self.filenames[index]})"
         image = load_image(
             self.images[index]["image"],
@@ -261,12 +324,33 @@ class MarkupImageDataset(torch.utils.data.Dataset):
             size=(self.info.width, self.info.height),
             name=name,
         )
-        return self.markups[index], image_to_tensor(image)
+        return index, self.markups[index], image_to_tensor(image)
 
 
-def collate(batch: Sequence[tuple[str, torch.Tensor]]) -> tuple[list[str], torch.Tensor]:
-    """Markups as a list, images stacked to (B, C, H, W)."""
-    return [m for m, _ in batch], torch.stack([x for _, x in batch])
+class Batch(NamedTuple):
+    """One batch as the data loader gives it (the tensors pinned on CUDA)."""
+
+    indices: list[int]  # example indices (the encoder cache's keys)
+    markups: list[str]
+    images: torch.Tensor  # (B, C, H, W) in [-1, 1]
+    input_ids: torch.Tensor  # (B, L) token ids, right-padded
+    mask: torch.Tensor  # (B, L) bool, True at the attended tokens
+
+
+class Collate:
+    """Stack a batch and tokenise its markup; runs in the data-loader workers when there are any.
+
+    ``tokenize`` is the encoder's (:meth:`MarkupEncoder.tokenize`): ids and mask on the CPU.
+    """
+
+    def __init__(self, tokenize: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]):
+        self.tokenize = tokenize
+
+    def __call__(self, batch: Sequence[tuple[int, str, torch.Tensor]]) -> Batch:
+        markups = [m for _, m, _ in batch]
+        input_ids, mask = self.tokenize(markups)
+        return Batch([i for i, _, _ in batch], markups, torch.stack([x for _, _, x in batch]),
+                     input_ids, mask)  # fmt: skip
 
 
 def seed_worker(worker_id: int) -> None:
@@ -494,12 +578,361 @@ def _loss_history(rows: list[list[str]]) -> LossHistory:
 
 
 def _all_finite(parameters: Iterator[torch.nn.Parameter] | Sequence[torch.nn.Parameter]) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in parameters)
+    """Whether every weight is finite, read back from the device once (not once per tensor)."""
+    checks = [torch.isfinite(p).all() for p in parameters]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 def _unwrap_sample(output: Any) -> torch.Tensor:
     """The noise prediction of a denoiser call (a tensor, or an output object with ``sample``)."""
     return output.sample if hasattr(output, "sample") else output
+
+
+# ---- the step's pieces --------------------------------------------------------------------
+
+
+def encode_tokens(
+    encoder: Any, input_ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``MarkupEncoder.forward`` computes after tokenising: hidden states zeroed at padding
+    and the mask, on the encoder's device (the tokens come from the data-loader workers)."""
+    device = encoder.device
+    input_ids = input_ids.to(device, non_blocking=True)
+    mask = mask.to(device, non_blocking=True)
+    with torch.set_grad_enabled(encoder.trainable and torch.is_grad_enabled()):
+        hidden = encoder.model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+        return hidden * mask[..., None].to(hidden.dtype), mask
+
+
+class EncoderCache:
+    """Each example's frozen-encoder output, computed the first time the example is seen.
+
+    The frozen encoder gives an example the same states every epoch, so later epochs skip it.
+    Each example is kept at its own length (L_i x D on the device: about 55k x 100 x 768 x 4
+    bytes = 17 GB for im2latex in fp32, so this suits small datasets) and a batch is padded with
+    zeros, as the encoder pads. Examples are encoded in other batch company than without the
+    cache, so the states equal the uncached ones to float rounding, not bit for bit.
+    """
+
+    def __init__(self, encode: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Any]]):
+        self.encode = encode
+        self.states: dict[int, torch.Tensor] = {}
+        self.encoded = 0  # examples run through the encoder so far
+
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = batch.mask.sum(1).tolist()  # the mask from the loader is on the CPU: no sync
+        missing = [row for row, index in enumerate(batch.indices) if index not in self.states]
+        if missing:
+            width = max(lengths[row] for row in missing)
+            rows = torch.tensor(missing)
+            with torch.no_grad():
+                hidden, _ = self.encode(batch.input_ids[rows, :width], batch.mask[rows, :width])
+            for k, row in enumerate(missing):
+                self.states[batch.indices[row]] = hidden[k, : lengths[row]].clone()
+            self.encoded += len(missing)
+        states = [self.states[index] for index in batch.indices]
+        hidden = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
+        mask = batch.mask[:, : hidden.shape[1]].to(hidden.device, non_blocking=True)
+        return hidden, mask
+
+
+def markup_buckets(limit: int, smallest: int = SMALLEST_BUCKET) -> tuple[int, ...]:
+    """The lengths markup states are padded to under ``compile``: powers of two from
+    ``smallest``, then ``limit`` (the longest encoding: max markup length + end token); a power
+    of two within 25% of the limit gives way to it. A compiled denoiser then meets only these
+    few shapes (paper, limit 1025: 32, 64, 128, 256, 512, 1025)."""
+    sizes = []
+    size = smallest
+    while size < limit:
+        if size * 1.25 < limit:
+            sizes.append(size)
+        size *= 2
+    return (*sizes, limit)
+
+
+def bucket_length(length: int, limit: int) -> int:
+    """The padded length of ``length`` markup states (the smallest bucket that holds them)."""
+    if length > limit:
+        raise ValueError(f"markup of {length} states is longer than the limit {limit}")
+    return next(size for size in markup_buckets(limit) if size >= length)
+
+
+def pad_markup(
+    hidden: torch.Tensor, mask: torch.Tensor, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad (B, L, D) states with zeros and the (B, L) mask with False to ``length``.
+
+    The padded positions are masked out of the cross-attention, so the denoiser's output
+    changes only by float rounding.
+    """
+    extra = length - hidden.shape[1]
+    if extra <= 0:
+        return hidden, mask
+    return (
+        torch.nn.functional.pad(hidden, (0, 0, 0, extra)),
+        torch.nn.functional.pad(mask, (0, extra), value=False),
+    )
+
+
+def draw_step(
+    eps_model: Any,
+    schedule: NoiseSchedule,
+    config: ScheduledSamplingConfig,
+    x0: torch.Tensor,
+    progress: float,
+    generator: torch.Generator,
+    noise_generator: torch.Generator | None = None,
+) -> StepInputs:
+    """:func:`markup2im.scheduled_sampling.prepare_step`, with the noise drawn on the device.
+
+    t and m come from ``generator`` on the CPU (m is needed on the host, and drawing them there
+    needs no sync); the noise too when ``noise_generator`` is None, exactly as ``prepare_step``
+    draws it (the CPU path), else from ``noise_generator`` on its device (a CUDA generator
+    seeded like ``generator``: nothing is copied from the host).
+    """
+    batch, device = x0.shape[0], x0.device
+    T = schedule.num_train_timesteps
+    timesteps, m = draw_timesteps_and_m(config, progress, batch, T, generator)
+    t_max = int(timesteps.max())  # on the CPU copy: no host sync
+    if device.type == "cuda":
+        timesteps = timesteps.pin_memory().to(device, non_blocking=True)
+    else:
+        timesteps = timesteps.to(device)
+
+    def randn() -> torch.Tensor:
+        if noise_generator is None:
+            return torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(
+                device, x0.dtype
+            )
+        return torch.randn(
+            x0.shape, generator=noise_generator, dtype=torch.float32, device=device
+        ).to(x0.dtype)
+
+    noise = randn()
+    fresh = [randn() for _ in range(m)]
+    return build_inputs(eps_model, schedule, x0, timesteps, m, noise, fresh, t_max)
+
+
+def adamw_options(params: Sequence[torch.nn.Parameter]) -> dict[str, Any]:
+    """``fused=True`` (one kernel for all parameters) when every parameter is on a GPU; nothing
+    otherwise, which keeps the CPU optimizer as it was."""
+    return {"fused": True} if params and all(p.is_cuda for p in params) else {}
+
+
+def noise_generator(seed: int, device: torch.device) -> torch.Generator | None:
+    """A generator on ``device`` for the step noise on CUDA; None on the CPU (the noise then
+    comes from the step's CPU generator, which keeps CPU runs as they always were)."""
+    if device.type != "cuda":
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, processes: int = 1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` optimizer steps, then cosine to 0 at ``total_steps``.
+
+    ``processes`` N > 1 reproduces the original on N processes: its scheduler, prepared by
+    accelerate, advanced N times per optimizer step over a schedule of N x total steps, so
+    warm-up ended after warmup_steps / N optimizer steps (music on 4 GPUs: 125, not 500) and
+    the cosine still reached 0 at the end.
+    """
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    if processes == 1:
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    total = total_steps * processes
+
+    def factor(step: int) -> float:  # diffusers' cosine-with-warm-up factor at step x N
+        count = step * processes
+        if count < warmup_steps:
+            return float(count) / float(max(1, warmup_steps))
+        progress = float(count - warmup_steps) / float(max(1, total - warmup_steps))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class EMAOnDevice:
+    """Checkpoint slot of an EMAModel that loads its shadow weights onto ``device``.
+
+    accelerate loads registered objects from CPU tensors; an EMA left on the CPU next to CUDA
+    weights fails at its first step (mixed devices). The saved state is the EMA's own.
+    """
+
+    def __init__(self, ema: Any, device: torch.device | str) -> None:
+        self.ema, self.device = ema, torch.device(device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.load_state_dict(state)
+        self.ema.to(self.device)
+
+
+DDP_PREFIX = "module."
+
+
+def unwrapped_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A state dict without the DDP ``module.`` prefix (checkpoints written before they were
+    saved unwrapped carry it when several processes wrote them)."""
+    if state and all(key.startswith(DDP_PREFIX) for key in state):
+        return {key[len(DDP_PREFIX) :]: value for key, value in state.items()}
+    return dict(state)
+
+
+def _save_unwrapped(accelerator: Any) -> Callable[..., None]:
+    """A save_state pre-hook: write each prepared model's unwrapped weights (no ``module.``),
+    so that a checkpoint does not depend on the number of processes."""
+
+    def hook(models: list[Any], weights: list[Any], output_dir: str) -> None:
+        for i, model in enumerate(models):
+            weights[i] = accelerator.get_state_dict(model, unwrap=True)
+
+    return hook
+
+
+def _load_unwrapped(accelerator: Any) -> Callable[..., None]:
+    """A load_state pre-hook: load the weights into the unwrapped models (either key form) and
+    take them off accelerate's list, which would load them into the wrapper strictly."""
+
+    def hook(models: list[Any], input_dir: str) -> None:
+        from safetensors.torch import load_file
+
+        for i, model in enumerate(models):
+            ending = "" if i == 0 else f"_{i}"
+            path = Path(input_dir) / f"model{ending}.safetensors"
+            if path.is_file():
+                state = load_file(str(path))
+            else:
+                path = Path(input_dir) / f"pytorch_model{ending}.bin"
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            accelerator.unwrap_model(model).load_state_dict(unwrapped_state(state))
+        models.clear()
+
+    return hook
+
+
+def check_process_group(num_processes: int, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a process started as one of N > 1 (WORLD_SIZE) that accelerate runs alone.
+
+    That happens with ``accelerate launch --multi_gpu`` where CUDA is not available: each process
+    would train a model of its own and they would overwrite each other's files.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        world = int(environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        world = 1
+    if world <= 1 or num_processes > 1:
+        return
+    why = (
+        "CUDA is not available in this process"
+        if not torch.cuda.is_available()
+        else "accelerate formed no process group"
+    )
+    raise ConfigError(
+        f"this process was started as process {environ.get('RANK', '?')} of {world} "
+        f"(WORLD_SIZE={world}), but accelerate runs it as a single process ({why}): each of the "
+        f"{world} processes would train alone and overwrite the others' checkpoints. On a GPU "
+        "node check that the GPUs are visible (nvidia-smi, CUDA_VISIBLE_DEVICES); to train "
+        f"{world} processes on the CPU, set ACCELERATE_USE_CPU=1 for `accelerate launch "
+        "--multi_gpu`"
+    )
+
+
+# ---- time limits --------------------------------------------------------------------------
+
+# the clock of the deadline check, read at the start and once per step (or per read-back with
+# several processes); tests replace it
+_now = time.time
+
+
+def parse_slurm_time(text: str) -> float | None:
+    """Unix time of a Slurm time stamp (``2026-12-01T23:10:00``, local time); None for
+    ``N/A``, ``Unknown``, ``NONE`` and other non-times (no limit)."""
+    try:
+        return datetime.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        return None
+
+
+def slurm_job_end(
+    environ: Mapping[str, str] | None = None, run: Callable[..., Any] = subprocess.run
+) -> float | None:
+    """Unix time at which this Slurm job's time limit ends; None outside a Slurm job (no
+    ``SLURM_JOB_ID``) or when it has no limit or none can be found.
+
+    ``SLURM_JOB_END_TIME`` (Slurm >= 23.02) when set, else ``squeue -h -j JOB -o %e``.
+    """
+    environ = os.environ if environ is None else environ
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    end = environ.get("SLURM_JOB_END_TIME")
+    if end:
+        with contextlib.suppress(ValueError):
+            return float(int(end))
+        logger.warning("SLURM_JOB_END_TIME=%r is not a unix time; asking squeue", end)
+    command = ["squeue", "-h", "-j", job, "-o", "%e"]
+    try:
+        done = run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.warning("cannot ask Slurm for the end of job %s (%s): no walltime margin", job, exc)
+        return None
+    lines = (done.stdout or "").split()
+    if done.returncode != 0 or not lines:
+        logger.warning(
+            "%s failed (status %s: %s): no walltime margin",
+            shlex.join(command),
+            done.returncode,
+            (done.stderr or "").strip() or "no output",
+        )
+        return None
+    found = parse_slurm_time(lines[0])
+    if found is None:
+        logger.info("Slurm job %s has no time limit (%s)", job, lines[0])
+    return found
+
+
+def walltime_deadline(
+    margin: float,
+    environ: Mapping[str, str] | None = None,
+    run: Callable[..., Any] = subprocess.run,
+) -> tuple[float, float] | None:
+    """(deadline, time limit) for stopping ``margin`` seconds before this Slurm job's time
+    limit; None when there is no job or limit (:func:`slurm_job_end`)."""
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ConfigError(f"train: the walltime margin must be >= 0 seconds, got {margin}")
+    end = slurm_job_end(environ, run)
+    return None if end is None else (end - margin, end)
+
+
+def _clock(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _deadline_reason(config: TrainConfig, now: float) -> str:
+    """What TrainingInterrupted says when the deadline stopped the run."""
+    if config.time_limit is not None:
+        return (
+            f"stopping {config.time_limit - now:.0f} s before the Slurm time limit "
+            f"({_clock(config.time_limit)})"
+        )
+    return f"reached the deadline {_clock(float(config.deadline or now))}"
+
+
+class _Pending(NamedTuple):
+    """A finished step whose loss is still on the device."""
+
+    step: int
+    epoch: int
+    loss: torch.Tensor
+    lr: float
+    ss_prob: float
+    m: int
+    seconds: float
 
 
 # ---- the loop -----------------------------------------------------------------------------
@@ -522,9 +955,9 @@ def train(config: TrainConfig) -> TrainResult:
 def _train(config: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers.optimization import get_cosine_schedule_with_warmup
     from tqdm.auto import tqdm
 
+    from markup2im.cuda import configure_cuda
     from markup2im.pipeline import Markup2ImModel
 
     config.validate()
@@ -534,13 +967,15 @@ def _train(config: TrainConfig) -> TrainResult:
     output_dir, dataset_dir = Path(config.output_dir), Path(config.dataset_dir)
     checkpoint_dir, log_path = output_dir / "checkpoints", output_dir / "train_log.csv"
 
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        project_dir=str(output_dir),
-        cpu=_cpu_processes(),
-    )
+    # CPU processes (gloo) only when asked for with ACCELERATE_USE_CPU=1: a GPU job whose CUDA
+    # is missing must fail at once, not train on the CPU or as N separate runs
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=str(output_dir))
+    check_process_group(accelerator.num_processes)
     rank, world_size = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
+    device = accelerator.device
+    if device.type == "cuda":
+        configure_cuda()
     set_seed(config.seed)
 
     info = read_dataset_info(dataset_dir)
@@ -562,7 +997,9 @@ def _train(config: TrainConfig) -> TrainResult:
     )
     model.domain = info.domain  # recorded with the model (the demo shows its examples)
     model.encoder.set_trainable(config.train_encoder)
-    model.to(accelerator.device)
+    model.to(device)
+    if config.channels_last:
+        model.denoiser.to(memory_format=torch.channels_last)
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
     params = list(model.trainable_parameters())
     optimizer = torch.optim.AdamW(
@@ -571,14 +1008,22 @@ def _train(config: TrainConfig) -> TrainResult:
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_epsilon,
         weight_decay=config.weight_decay,
+        **adamw_options(params),
     )
 
     sampler = EpochSampler(len(dataset), config.data_seed, rank, world_size)
     batches_per_epoch = math.ceil(sampler.per_process / config.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_steps)
+    lr_scheduler = lr_schedule(
+        optimizer,
+        config.warmup_steps,
+        total_steps,
+        world_size if config.warmup_per_process else 1,
+    )
     denoiser, optimizer = accelerator.prepare(model.denoiser, optimizer)
+    accelerator.register_save_state_pre_hook(_save_unwrapped(accelerator))
+    accelerator.register_load_state_pre_hook(_load_unwrapped(accelerator))
 
     state = TrainerState()
     accelerator.register_for_checkpointing(lr_scheduler, state)
@@ -586,9 +1031,9 @@ def _train(config: TrainConfig) -> TrainResult:
     if config.ema:
         from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(params, decay=config.ema_decay)
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+        ema = EMAModel(params, decay=config.ema_decay)  # shadow copies on the params' device
+        # a resumed EMA must land there too (accelerate loads it as CPU tensors)
+        accelerator.register_for_checkpointing(EMAOnDevice(ema, device))
     if config.train_encoder:  # outside the prepared denoiser: its weights need a checkpoint slot
         accelerator.register_for_checkpointing(model.encoder.model)
 
@@ -600,15 +1045,57 @@ def _train(config: TrainConfig) -> TrainResult:
         _rewrite_log(log_path, kept_rows)
     accelerator.wait_for_everyone()
     logger.info(
-        "process %d of %d: %s training, %d examples, %d steps per epoch, %d steps in all%s",
+        "process %d of %d (%s, %d torch threads): %s training, %d examples, %d steps per epoch, "
+        "%d steps in all%s",
         rank,
         world_size,
+        device,
+        torch.get_num_threads(),
         config.method,
         len(dataset),
         steps_per_epoch,
         total_steps,
         f", resuming at step {state.global_step} from {resumed_from}" if resumed_from else "",
     )
+    if config.deadline is not None:
+        logger.info(
+            "will checkpoint and stop at the first step after %s%s",
+            _clock(config.deadline),
+            ""
+            if config.time_limit is None
+            else f", {config.time_limit - config.deadline:.0f} s before the time limit "
+            f"{_clock(config.time_limit)}",
+        )
+        if _now() >= config.deadline:
+            logger.warning(
+                "the deadline has passed already: training one step (with several processes, "
+                "up to the first read-back) and a checkpoint"
+            )
+
+    # the compiled denoiser trains; the checkpoint check runs the plain one (eval mode and no
+    # gradient would each make torch.compile build another graph)
+    plain_denoiser = denoiser
+    limit = model.max_markup_length + 1  # markup tokens + the end token
+    if config.compile:
+        denoiser = torch.compile(denoiser)
+
+    cache = (
+        EncoderCache(lambda ids, mask: encode_tokens(model.encoder, ids, mask))
+        if config.cache_encoder
+        else None
+    )
+
+    def encode(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's markup states, under the training's autocast (bf16: faster, as the
+        denoiser sees them), padded to a bucket length when compiled."""
+        with accelerator.autocast():
+            if cache is not None:
+                hidden, mask = cache(batch)
+            else:
+                hidden, mask = encode_tokens(model.encoder, batch.input_ids, batch.mask)
+        if config.compile:
+            hidden, mask = pad_markup(hidden, mask, bucket_length(hidden.shape[1], limit))
+        return hidden, mask
 
     def diverged(what: str) -> TrainingDivergedError:
         """The error for a divergence; sets aside the checkpoints after the last sane one."""
@@ -702,21 +1189,67 @@ def _train(config: TrainConfig) -> TrainResult:
     progress = tqdm(
         total=total_steps, initial=state.global_step, desc="train", disable=not main, unit="step"
     )
+    pending: list[_Pending] = []  # steps whose loss has not been read back yet
+
+    def flush(stop_signal: bool, deadline_passed: bool) -> tuple[bool, bool]:
+        """Read back the pending losses with the stop flags, summed over the processes (the
+        step's one wait for the device), log them and check them. Returns the stop flags as
+        all processes agree on them."""
+        nonlocal last_loss
+        started = time.perf_counter()
+        flags = torch.tensor([float(stop_signal), float(deadline_passed)])
+        stats = torch.cat([torch.stack([p.loss for p in pending]), flags.to(device)])
+        values = accelerator.reduce(stats, reduction="sum").tolist()
+        state.seconds += time.perf_counter() - started  # the wait belongs to the last step
+        pending[-1] = pending[-1]._replace(seconds=state.seconds)
+        for p, value in zip(pending, values[:-2], strict=True):
+            loss = value / world_size
+            history.add(p.step, loss)
+            if not math.isfinite(loss):
+                pending.clear()
+                raise diverged(f"loss became {loss} at step {p.step} (lr {p.lr:.3g})")
+            last_loss = loss
+            if log_writer is not None:
+                log_writer.writerow(
+                    [
+                        p.step,
+                        p.epoch,
+                        f"{loss:.8g}",
+                        f"{p.lr:.8g}",
+                        f"{p.ss_prob:.6g}",
+                        p.m,
+                        f"{p.seconds:.3f}",
+                    ]
+                )
+            if tensorboard is not None:
+                for key, scalar in (("loss", loss), ("lr", p.lr), ("ss_prob", p.ss_prob)):
+                    tensorboard.add_scalar(f"train/{key}", scalar, p.step)
+        if log_file is not None:
+            log_file.flush()
+        progress.set_postfix(loss=f"{last_loss:.4f}", m=pending[-1].m, refresh=False)
+        pending.clear()
+        return values[-2] > 0, values[-1] > 0
+
+    def deadline_passed() -> bool:
+        return config.deadline is not None and _now() >= config.deadline
+
     last_loss = float("nan")
     denoiser.train()
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        collate_fn=Collate(model.encoder.tokenize),  # tokenised in the workers
+        num_workers=config.num_workers,
+        worker_init_fn=seed_worker,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.num_workers > 0,  # one set of workers for all epochs
+    )
     try:
         with StopFlag() as stop:
             while state.global_step < total_steps:
+                # the sampler runs in this process: set before each pass, workers or not
                 sampler.set_epoch(state.epoch, state.batches_in_epoch * config.batch_size)
-                loader = torch.utils.data.DataLoader(
-                    dataset,
-                    batch_size=config.batch_size,
-                    sampler=sampler,
-                    collate_fn=collate,
-                    num_workers=config.num_workers,
-                    worker_init_fn=seed_worker,
-                    pin_memory=accelerator.device.type == "cuda",
-                )
                 batches = iter(loader)
                 while (
                     state.batches_in_epoch < batches_per_epoch and state.global_step < total_steps
@@ -726,26 +1259,29 @@ def _train(config: TrainConfig) -> TrainResult:
                         config.gradient_accumulation_steps,
                         batches_per_epoch - state.batches_in_epoch,
                     )
-                    generator = torch.Generator().manual_seed(
-                        derive_seed(config.seed, rank, state.global_step)
-                    )
+                    step_seed = derive_seed(config.seed, rank, state.global_step)
+                    generator = torch.Generator().manual_seed(step_seed)
+                    device_generator = noise_generator(step_seed, device)
                     fraction = state.global_step / total_steps
                     lr = float(lr_scheduler.get_last_lr()[0])
-                    loss_sum = torch.zeros((), device=accelerator.device)
+                    loss_sum = torch.zeros((), device=device)
                     m_used = 0
                     for micro in range(group):
-                        markups, images = next(batches)
-                        images = images.to(accelerator.device, non_blocking=True)
-                        hidden, mask = model.encode(markups)
+                        batch = next(batches)
+                        images = batch.images.to(device, non_blocking=True)
+                        if config.channels_last:
+                            images = images.contiguous(memory_format=torch.channels_last)
+                        hidden, mask = encode(batch)
 
                         def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                             return _unwrap_sample(denoiser(x, t, hidden, mask))  # noqa: B023
 
                         sync = micro == group - 1
                         with contextlib.nullcontext() if sync else accelerator.no_sync(denoiser):
-                            inputs = prepare_step(
-                                eps_model, schedule, ss_config, images, fraction, generator
-                            )
+                            inputs = draw_step(
+                                eps_model, schedule, ss_config, images, fraction, generator,
+                                device_generator,
+                            )  # fmt: skip
                             weights = (
                                 None
                                 if config.snr_gamma is None
@@ -755,19 +1291,6 @@ def _train(config: TrainConfig) -> TrainResult:
                             accelerator.backward(loss / group)
                         loss_sum += loss.detach().float()
                         m_used = max(m_used, inputs.m)
-                    stats = torch.stack(
-                        [
-                            loss_sum / group,
-                            torch.tensor(float(stop.signal is not None), device=loss_sum.device),
-                        ]
-                    )
-                    stats = accelerator.reduce(stats, reduction="sum")
-                    last_loss = float(stats[0]) / world_size
-                    stopping = float(stats[1]) > 0
-                    history.add(state.global_step + 1, last_loss)
-                    if not math.isfinite(last_loss):
-                        step = state.global_step + 1
-                        raise diverged(f"loss became {last_loss} at step {step} (lr {lr:.3g})")
                     if config.train_encoder and world_size > 1:
                         # the encoder runs outside the DDP wrapper: average its gradients here
                         for p in model.encoder.parameters():
@@ -782,35 +1305,49 @@ def _train(config: TrainConfig) -> TrainResult:
                     state.global_step += 1
                     state.batches_in_epoch += group
                     state.seconds += time.perf_counter() - started
-                    ss_prob = ss_config.probability(fraction)
-                    if log_writer is not None:
-                        log_writer.writerow(
-                            [
-                                state.global_step,
-                                state.epoch,
-                                f"{last_loss:.8g}",
-                                f"{lr:.8g}",
-                                f"{ss_prob:.6g}",
-                                m_used,
-                                f"{state.seconds:.3f}",
-                            ]
+                    step = state.global_step
+                    pending.append(
+                        _Pending(
+                            step, state.epoch, loss_sum / group, lr,
+                            ss_config.probability(fraction), m_used, state.seconds,
                         )
-                        log_file.flush()
-                    if tensorboard is not None:
-                        for key, value in (("loss", last_loss), ("lr", lr), ("ss_prob", ss_prob)):
-                            tensorboard.add_scalar(f"train/{key}", value, state.global_step)
+                    )  # fmt: skip
                     progress.update(1)
-                    progress.set_postfix(loss=f"{last_loss:.4f}", m=m_used, refresh=False)
-                    if state.global_step % config.checkpoint_every == 0 or stopping:
+                    checkpoint_due = step % config.checkpoint_every == 0
+                    snapshot_due = bool(config.snapshot_every) and step % config.snapshot_every == 0
+                    read_back = (
+                        checkpoint_due
+                        or snapshot_due
+                        or step % config.log_every == 0
+                        or step >= total_steps
+                    )
+                    if world_size == 1:  # one process decides at every step
+                        signalled, late = stop.signal is not None, deadline_passed()
+                        read_back = read_back or signalled or late
+                    if not read_back:
+                        continue
+                    if world_size > 1:  # several decide together, at the read-backs
+                        signalled, late = stop.signal is not None, deadline_passed()
+                    signalled, late = flush(signalled, late)
+                    stopping = signalled or late
+                    if checkpoint_due or stopping:
+
+                        def check_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                            return _unwrap_sample(plain_denoiser(x, t, hidden, mask))  # noqa: B023
+
                         checkpoint = save_checkpoint(
-                            _weights_loss(accelerator, denoiser, eps_model, inputs, weights)
+                            _weights_loss(accelerator, plain_denoiser, check_model, inputs, weights)
                         )
-                    if config.snapshot_every and state.global_step % config.snapshot_every == 0:
+                    if snapshot_due:
                         save_snapshot()
                     if stopping:
-                        raise TrainingInterrupted(
-                            state.global_step, checkpoint, stop.signal or signal.SIGTERM
-                        )
+                        if signalled:
+                            raise TrainingInterrupted(
+                                step, checkpoint, stop.signal or signal.SIGTERM
+                            )
+                        reason = _deadline_reason(config, _now())
+                        logger.warning("%s: saved %s", reason, checkpoint)
+                        raise TrainingInterrupted(step, checkpoint, signal.SIGTERM, reason)
                 if state.batches_in_epoch >= batches_per_epoch:
                     state.epoch += 1
                     state.batches_in_epoch = 0
@@ -842,17 +1379,6 @@ def _train(config: TrainConfig) -> TrainResult:
     return TrainResult(model_dir, state.global_step, last_loss, world_size)
 
 
-def _cpu_processes() -> bool:
-    """True for several processes without CUDA (launched by torchrun): they train with gloo.
-
-    Accelerate only forms a CPU process group when told to run on CPU; ``accelerate launch
-    --cpu`` itself starts one process, so on CPU use ``accelerate launch --multi_gpu
-    --num_processes N`` (torchrun), which this makes work without a GPU.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return world > 1 and not torch.cuda.is_available()
-
-
 def _default_encoder(info: DatasetInfo) -> str:
     spec = DOMAINS.get(info.domain)
     if spec is None:
@@ -870,7 +1396,9 @@ def _start_or_resume(
     Newest first, a checkpoint that cannot be read or loaded is skipped with a warning and
     renamed ``damaged-checkpoint-N``. A checkpoint of other settings or data stops ``latest``
     with a ConfigError; ``auto`` moves the checkpoints aside (:func:`set_aside_checkpoints`) and
-    starts afresh. ``none`` refuses to start where checkpoints exist.
+    starts afresh. A checkpoint written by another number of processes counts as other settings
+    for ``auto`` (the global batch differs); ``latest`` loads it (the weights are saved
+    unwrapped) and warns. ``none`` refuses to start where checkpoints exist.
     """
     checkpoint_dir = output_dir / "checkpoints"
     main, world_size = accelerator.is_main_process, accelerator.num_processes
@@ -900,6 +1428,13 @@ def _start_or_resume(
         if record.get("dataset") is None:
             logger.warning("%s records no dataset fingerprint: the data is not checked", path)
         problem = incompatibility(record, config, dataset)
+        written_by = record.get("world_size")
+        if problem is None and config.resume == "auto" and written_by not in (None, world_size):
+            # another process count is another global batch: a run of other settings
+            problem = (
+                f"it was trained by {written_by} processes and this run has {world_size} (global "
+                f"batch {written_by * config.batch_size} -> {world_size * config.batch_size})"
+            )
         if problem is not None:
             if config.resume == "auto":
                 accelerator.wait_for_everyone()
@@ -920,12 +1455,12 @@ def _start_or_resume(
                 "checkpoints aside and train from scratch, use the same settings and data, or "
                 "use another --output-dir"
             )
-        if record.get("world_size") != world_size:
+        if written_by is not None and written_by != world_size:
             logger.warning(
-                "%s was written by %s processes, resuming with %s: the data order per process "
-                "changes",
+                "%s was written by %s processes, resuming with %s: the global batch and the "
+                "data order per process change",
                 path,
-                record.get("world_size"),
+                written_by,
                 world_size,
             )
         try:

@@ -567,4 +567,9 @@ def threads_per_process(gpus: int, threads: int) -> int:
 
 
 # `train:` keys that only say how training runs, not what it makes: resources, not params.
-TRAIN_RUNTIME_KEYS: tuple[str, ...] = ("checkpoint_every", "checkpoints_total_limit")
+TRAIN_RUNTIME_KEYS: tuple[str, ...] = (
+    "checkpoint_every",
+    "checkpoints_total_limit",
+    "log_every",
+    "num_workers",
+)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from markup2im.cli.paths import output_dir
@@ -13,6 +15,8 @@ from markup2im.cli.paths import output_dir
 # markup2im.scheduled_sampling.METHODS (kept here so that parsing imports no torch; a test
 # checks that they agree)
 METHODS: tuple[str, ...] = ("baseline", "scheduled_sampling")
+
+logger = logging.getLogger("markup2im.train")
 
 
 def weight_list(text: str) -> tuple[float, ...]:
@@ -35,7 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Writes O/model, O/checkpoints/checkpoint-<step> and O/train_log.csv. On SIGTERM/SIGUSR1 "
         "it saves a checkpoint and exits with status 143 (130 for Ctrl-C); rerun with --resume "
         "latest, or --resume auto, which also moves the checkpoints of other settings or data "
-        "aside (O/checkpoints.stale-<date>-<time>) and starts from scratch.",
+        "aside (O/checkpoints.stale-<date>-<time>) and starts from scratch. With --walltime-margin "
+        "it does the same that many seconds before its Slurm job's time limit.",
     )
     p.add_argument(
         "--dataset-dir", type=Path, required=True, help="dataset directory (train split)"
@@ -76,6 +81,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="per process (default 16)")
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument(
+        "--warmup-per-process",
+        action="store_true",
+        help="the original's warm-up on N processes: its scheduler advanced once per process "
+        "per step, so warm-up ended after warmup-steps / N optimizer steps (default: "
+        "warmup-steps optimizer steps whatever N)",
+    )
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
@@ -112,15 +124,64 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "none (default): refuse to start where checkpoints exist",
     )
     p.add_argument("--limit-train", type=int, default=None, help="use the first N train examples")
-    p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        help="data-loader worker processes (decode images, tokenise markup; kept across epochs)",
+    )
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="read the losses back from the device every N steps (each read waits for the "
+        "GPU); train_log.csv still gets one row per step (default 10)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory format (GPUs)"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the denoiser (markup padded to a few lengths; minutes to compile)",
+    )
+    p.add_argument(
+        "--cache-encoder",
+        action="store_true",
+        help="compute each example's frozen-encoder output once and keep it on the device "
+        "(small datasets)",
+    )
+    p.add_argument(
+        "--walltime-margin",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="inside a Slurm job: checkpoint and stop (status 143) at the first step boundary "
+        "SECONDS before the job's time limit (SLURM_JOB_END_TIME, else squeue); continue with "
+        "--resume latest or auto",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the config from the flags and train."""
     from markup2im.errors import TrainingDivergedError
-    from markup2im.training import TrainConfig, TrainingInterrupted, train
+    from markup2im.training import TrainConfig, TrainingInterrupted, train, walltime_deadline
 
+    deadline = time_limit = None
+    if args.walltime_margin is not None:
+        found = walltime_deadline(args.walltime_margin)
+        if found is None:
+            logger.info("no Slurm job time limit found: --walltime-margin has no effect")
+        else:
+            deadline, time_limit = found
+            logger.info(
+                "the Slurm job ends at %s: training stops %g s before, at %s",
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time_limit)),
+                args.walltime_margin,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deadline)),
+            )
     config = TrainConfig(
         dataset_dir=args.dataset_dir,
         output_dir=args.output_dir,
@@ -153,6 +214,13 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         limit_train=args.limit_train,
         num_workers=args.num_workers,
+        warmup_per_process=args.warmup_per_process,
+        log_every=args.log_every,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        cache_encoder=args.cache_encoder,
+        deadline=deadline,
+        time_limit=time_limit,
     )
     try:
         train(config)
