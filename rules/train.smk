@@ -23,8 +23,9 @@ rule train:
         "benchmarks/train/{dataset}/{method}.tsv"
     # A job that stops before its Slurm time limit (walltime_margin) fails after saving a
     # checkpoint and a retry resumes from it, so training may span `chunks` jobs (with one
-    # chunk, --retries applies as to any rule).
-    retries: config["resources"]["train"]["chunks"] - 1 or None
+    # chunk, --retries applies as to any rule). Only the main Snakemake retries: inside a
+    # cluster job a retry would start again with no time left.
+    retries: None if workflow.remote_exec else config["resources"]["train"]["chunks"] - 1 or None
     conda:
         "../envs/markup2im.yaml"
     threads: resource("train", "threads")

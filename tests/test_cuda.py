@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gpu_helpers import restore_cuda_settings
 
 from markup2im.cuda import configure_cuda
 
-
-@pytest.fixture
-def restore_backends():
-    saved = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cudnn.benchmark,
-        torch.get_float32_matmul_precision(),
-    )
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = saved[0]
-    torch.backends.cudnn.allow_tf32 = saved[1]
-    torch.backends.cudnn.benchmark = saved[2]
-    torch.set_float32_matmul_precision(saved[3])
+__all__ = ["restore_cuda_settings"]  # a fixture
 
 
-def test_no_op_without_cuda(monkeypatch, restore_backends):
+def test_no_op_without_cuda(monkeypatch, restore_cuda_settings):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.benchmark = False
@@ -34,7 +22,7 @@ def test_no_op_without_cuda(monkeypatch, restore_backends):
     assert torch.get_float32_matmul_precision() == "highest"
 
 
-def test_sets_tf32_and_benchmark_when_cuda(monkeypatch, restore_backends):
+def test_sets_tf32_and_benchmark_when_cuda(monkeypatch, restore_cuda_settings):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     configure_cuda()
     assert torch.backends.cuda.matmul.allow_tf32 is True
@@ -49,7 +37,7 @@ def test_sets_tf32_and_benchmark_when_cuda(monkeypatch, restore_backends):
 
 
 @pytest.mark.gpu
-def test_configure_cuda_on_gpu(restore_backends):
+def test_configure_cuda_on_gpu(restore_cuda_settings):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     configure_cuda()

@@ -235,6 +235,25 @@ rule broken:
     assert "deliberate failure in broken" in log.read_text()
 
 
+def preempt(cluster: Cluster, run: SnakemakeRun, job_id: str, timeout: float) -> bool:
+    """Preempt ``job_id`` (it holds a GPU, so a higher-tier job asking for both GPUs preempts
+    it), release it once requeued, and wait while Snakemake runs; whether it was requeued."""
+    cluster.slurm(
+        "sbatch", "--parsable", "-p", "urgent", "--gpus=2", "--mem=100", "-o", "/dev/null",
+        "-A", "markup2im", "--wrap", "sleep 1",
+    )  # fmt: skip
+    # Slurm holds a requeued job for ~2 minutes before it is eligible again; release it now.
+    released = False
+    deadline = time.monotonic() + timeout
+    while run.process.poll() is None and time.monotonic() < deadline:
+        reason = cluster.slurm("squeue", "-h", "-j", job_id, "-o", "%r").strip()
+        if reason == "BeginTime" and not released:
+            cluster.slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+            released = True
+        time.sleep(1)
+    return released
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_preempted_job_is_requeued_and_the_run_completes(slurm_cluster, tmp_path):
@@ -268,20 +287,7 @@ rule long_gpu:
             assert time.monotonic() < deadline, "the job never started:\n" + run.output[-6000:]
             time.sleep(0.5)
         (job_id,) = run.job_ids("long_gpu")
-        # Both GPUs are taken, so this higher-tier job preempts the workflow's job.
-        slurm_cluster.slurm(
-            "sbatch", "--parsable", "-p", "urgent", "--gpus=2", "--mem=100", "-o", "/dev/null",
-            "--wrap", "sleep 1",
-        )  # fmt: skip
-        # Slurm holds a requeued job for ~2 minutes before it is eligible again; release it now.
-        released = False
-        deadline = time.monotonic() + 120
-        while run.process.poll() is None and time.monotonic() < deadline:
-            reason = slurm_cluster.slurm("squeue", "-h", "-j", job_id, "-o", "%r").strip()
-            if reason == "BeginTime" and not released:
-                slurm_cluster.slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-                released = True
-            time.sleep(1)
+        released = preempt(slurm_cluster, run, job_id, timeout=120)
         rc = run.wait(timeout=120)
     finally:
         run.kill()  # only if an assertion above left it running
@@ -549,9 +555,13 @@ def test_training_longer_than_its_time_limit_spans_several_jobs(
     assert rc == 0, run.output[-8000:]
     jobs = run.job_ids("train")
     assert len(jobs) >= 2, run.output[-4000:]
-    states = [slurm_cluster.sacct(j, "State,Timelimit")[0] for j in jobs]
-    assert states[-1] == ["COMPLETED", "00:01:00"], states
-    assert all(state == "FAILED" for state, _ in states[:-1]), states  # stopped, not TIMEOUT
+    states = [slurm_cluster.sacct(j, "State,Timelimit,ElapsedRaw")[0] for j in jobs]
+    assert states[-1][:2] == ["COMPLETED", "00:01:00"], states
+    # the others stopped by themselves, well before the limit (not TIMEOUT, not killed)
+    assert all(state == "FAILED" and int(s) < 55 for state, _, s in states[:-1]), states
+    # and only the main Snakemake retried: never the job itself, with no time left
+    for log in (workdir / "logs" / "slurm" / "rule_train").rglob("*.log"):
+        assert "Trying to restart" not in log.read_text(), log
     # the last job's log (each job rewrites it) starts from the previous job's checkpoint
     log = (workdir / "logs" / "train" / "micro" / "baseline.log").read_text()
     assert "resum" in log.lower(), log[-3000:]
@@ -581,18 +591,7 @@ def test_preempted_training_job_resumes_and_ends_with_the_same_model(
             assert time.monotonic() < deadline, "training never started:\n" + run.output[-6000:]
             time.sleep(0.5)
         (job_id,) = run.job_ids("train")
-        slurm_cluster.slurm(
-            "sbatch", "--parsable", "-p", "urgent", "--gpus=2", "--mem=100", "-o", "/dev/null",
-            "-A", "markup2im", "--wrap", "sleep 1",
-        )  # fmt: skip
-        released = False
-        deadline = time.monotonic() + 300
-        while run.process.poll() is None and time.monotonic() < deadline:
-            reason = slurm_cluster.slurm("squeue", "-h", "-j", job_id, "-o", "%r").strip()
-            if reason == "BeginTime" and not released:
-                slurm_cluster.slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-                released = True
-            time.sleep(1)
+        released = preempt(slurm_cluster, run, job_id, timeout=300)
         rc = run.wait(timeout=300)
     finally:
         run.kill()
