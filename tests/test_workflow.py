@@ -832,6 +832,36 @@ def test_hub_encoder_is_saved_once_and_training_needs_no_hub(tmp_path: Path, mon
     assert saved["encoder"] == TINY_HUB_NAME
 
 
+@pytest.mark.slow
+def test_workflow_runs_as_a_module_of_another_workflow(tmp_path: Path) -> None:
+    """Every path is read relative to the workflow (workflow.source_path, rule-relative paths),
+    so another Snakefile can use it as a module, with its rules renamed."""
+    (tmp_path / "Snakefile").write_text(
+        f"""configfile: "{MICRO}"
+
+
+module markup2im:
+    snakefile:
+        "{SNAKEFILE}"
+    config:
+        config
+
+
+use rule * from markup2im as m2i_*
+""",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2"],
+        cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert_ok(proc, tmp_path)
+    ran = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", output_of(proc), re.M))
+    assert {"m2i_train", "m2i_frames", "m2i_gif_compare", "m2i_paired_table"} <= ran, ran
+    assert (tmp_path / "results" / "summary" / "paired_table.csv").is_file()
+    assert list((tmp_path / "results" / "micro" / "figures" / "ddim4" / "compare").glob("*.gif"))
+
+
 def test_own_markup_file_becomes_a_dataset(tmp_path: Path) -> None:
     """A config entry pointing at a markup file and a domain runs through the workflow."""
     formulas = [
