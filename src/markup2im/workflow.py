@@ -34,8 +34,6 @@ METHOD_LABELS: dict[str, str] = {
     "baseline": "baseline",
     "scheduled_sampling": "scheduled sampling",
 }
-# The stages whose jobs a bumped `code_version.<stage>` reruns.
-STAGES: tuple[str, ...] = ("data", "train", "generate", "evaluate", "figures")
 ENCODER_DIR = "results/encoders"
 OFFLINE_ENCODER = "offline"  # markup2im.models.encoder.OFFLINE (kept here: no torch import)
 
@@ -501,18 +499,7 @@ class Plan:
             }
         )
 
-    def frames_setting(self, dataset: str) -> dict[str, Any]:
-        """What decides which examples get frames: the count, or the named files."""
-        gen = self.dataset(dataset)["generate"]
-        return {"frames": gen["frames"], "frames_for": gen.get("frames_for")}
-
     # -- targets --------------------------------------------------------------------------------
-    def samples_dir(self, dataset: str, method: str, sampler: str) -> str:
-        return f"results/{dataset}/{method}/{sampler}/samples"
-
-    def frames_dir(self, dataset: str, method: str, sampler: str) -> str:
-        return f"results/{dataset}/{method}/{sampler}/frames"
-
     def summary_inputs(self) -> list[str]:
         return [f"results/{d}/{m}/{s}/metrics_summary.json" for d, m, s in self.runs()]
 
