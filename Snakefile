@@ -46,7 +46,7 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     dataset=alternatives(DATASETS),
-    method="baseline|scheduled_sampling",
+    method=alternatives(REGISTERED_METHODS),
     sampler=alternatives(config["samplers"]),
     example="[^/]+",
     encoder=alternatives(ENCODERS),
@@ -82,5 +82,5 @@ rule all:
         PLAN.final_targets(),
         PLAN.model_targets(),
         # every dataset's example list up front, so that they are made side by side
-        expand("results/{dataset}/data/frames_examples.txt", dataset=DATASETS),
+        PLAN.example_lists(),
         gif_targets,

@@ -27,9 +27,10 @@ import torch
 import yaml
 
 from markup2im.data.datasets import build_dataset
+from markup2im.generate import generate
 from markup2im.metrics import evaluate_dirs
-from markup2im.sampling import generate
-from markup2im.training import TrainConfig, train
+from markup2im.training.config import TrainConfig
+from markup2im.training.trainer import train
 
 METHODS = ("baseline", "scheduled_sampling")
 

@@ -38,9 +38,9 @@ import torch
 
 from markup2im.cuda import configure_cuda
 from markup2im.diffusion import NoiseSchedule
+from markup2im.model import DEFAULT_SCHEDULER_CONFIG, Markup2ImModel
 from markup2im.models.denoiser import MarkupUNet
 from markup2im.models.encoder import MarkupEncoder
-from markup2im.pipeline import DEFAULT_SCHEDULER_CONFIG, Markup2ImModel
 from markup2im.presets import get_model_preset
 from markup2im.sampling import example_generators, sample, use_channels_last
 from markup2im.scheduled_sampling import ScheduledSamplingConfig, prepare_step, step_loss

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from markup2im.generate import generate
 from markup2im.metrics import evaluate_dirs
-from markup2im.sampling import generate
+from markup2im.names import PRECISIONS
 
 DEFAULT_RUNS = ("ddpm:1000", "ddim:10", "ddim:25", "ddim:50", "dpmsolver++:10", "dpmsolver++:20")
 
@@ -38,7 +39,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, default=None, help="first N examples of the split")
     p.add_argument("--json", default=None, help="also write the table to this JSON file")

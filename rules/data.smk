@@ -5,21 +5,20 @@ directory (so that no training job needs the network), and pick the examples tha
 
 rule download_dataset:
     output:
-        directory("results/{dataset}/data/dataset"),
+        directory(paths.DATASET),
     log:
-        "logs/data/{dataset}.log",
+        log("data", "{dataset}"),
     benchmark:
-        "benchmarks/data/{dataset}.tsv"
+        benchmark("data", "{dataset}")
     wildcard_constraints:
         dataset=alternatives(PLAN.hub_datasets),
     conda:
         "../envs/markup2im.yaml"
     threads: resource("data", "threads")
     resources:
-        mem_mb=resource("data", "mem_mb"),
-        runtime=resource("data", "runtime"),
+        **memory_and_runtime("data"),
     params:
-        flags=per_dataset("hub_flags"),
+        flags=hub_flags,
         version=version("data"),
     shell:
         "markup2im download {params.flags} --output-dir {output} > {log} 2>&1"
@@ -27,23 +26,22 @@ rule download_dataset:
 
 rule build_dataset:
     input:
-        per_dataset("markup_file"),
+        markup_file,
     output:
-        directory("results/{dataset}/data/dataset"),
+        directory(paths.DATASET),
     log:
-        "logs/data/{dataset}.log",
+        log("data", "{dataset}"),
     benchmark:
-        "benchmarks/data/{dataset}.tsv"
+        benchmark("data", "{dataset}")
     wildcard_constraints:
         dataset=alternatives(PLAN.render_datasets),
     conda:
         "../envs/markup2im.yaml"
     threads: resource("data", "threads")
     resources:
-        mem_mb=resource("data", "mem_mb"),
-        runtime=resource("data", "runtime"),
+        **memory_and_runtime("data"),
     params:
-        flags=per_dataset("render_flags"),
+        flags=render_flags,
         version=version("data"),
     shell:
         "markup2im build-dataset {params.flags} --workers {threads}"
@@ -52,14 +50,14 @@ rule build_dataset:
 
 rule fetch_encoder:
     output:
-        directory(f"{ENCODER_DIR}/{{encoder}}"),
+        directory(paths.ENCODER),
     log:
-        "logs/encoders/{encoder}.log",
+        log("encoders", "{encoder}"),
     conda:
         "../envs/markup2im.yaml"
     params:
-        name=lambda w: ENCODERS[w.encoder].name,
-        revision=lambda w: ENCODERS[w.encoder].revision or "main",
+        name=encoder_name,
+        revision=encoder_revision,
     shell:
         "markup2im fetch-encoder --encoder {params.name:q} --revision {params.revision:q}"
         " --output-dir {output} > {log} 2>&1"
@@ -67,11 +65,11 @@ rule fetch_encoder:
 
 checkpoint select_examples:
     input:
-        "results/{dataset}/data/dataset",
+        paths.DATASET,
     output:
-        examples="results/{dataset}/data/frames_examples.txt",
+        examples=paths.EXAMPLES,
     log:
-        "logs/data/{dataset}_examples.log",
+        log("data", "{dataset}_examples"),
     conda:
         "../envs/markup2im.yaml"
     params:

@@ -6,20 +6,19 @@ rule evaluate:
     input:
         samples=rules.generate.output.samples,
     output:
-        table="results/{dataset}/{method}/{sampler}/metrics.csv",
-        summary="results/{dataset}/{method}/{sampler}/metrics_summary.json",
+        table=paths.METRICS,
+        summary=paths.METRICS_SUMMARY,
     log:
-        "logs/evaluate/{dataset}/{method}/{sampler}.log",
+        log("evaluate", "{dataset}/{method}/{sampler}"),
     benchmark:
-        "benchmarks/evaluate/{dataset}/{method}/{sampler}.tsv"
+        benchmark("evaluate", "{dataset}/{method}/{sampler}")
     conda:
         "../envs/markup2im.yaml"
     threads: resource("evaluate", "threads")
     resources:
-        mem_mb=resource("evaluate", "mem_mb"),
-        runtime=resource("evaluate", "runtime"),
+        **memory_and_runtime("evaluate"),
     params:
-        flags=lambda w: PLAN.evaluate_flags(),
+        flags=evaluate_flags,
         version=version("evaluate"),
     shell:
         "markup2im evaluate --pred-dir {input.samples}/images --gold-dir {input.samples}/gold"

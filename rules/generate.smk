@@ -10,67 +10,61 @@ Both commands write into a `.partial` directory that is renamed when it is compl
 interrupted job never leaves a directory that looks finished.
 """
 
+# Both jobs run on one GPU when the dataset has any, with the same resources.
+GENERATE_RESOURCES = {
+    "gpu": generate_gpus,
+    "gpu_model": gpu_model(generate_gpus),
+    **memory_and_runtime("generate"),
+    "batch_size": generate_setting("batch_size"),
+}
+
 
 rule generate:
     input:
         model=model_dir,
-        data="results/{dataset}/data/dataset",
+        data=paths.DATASET,
     output:
-        samples=directory("results/{dataset}/{method}/{sampler}/samples"),
+        samples=directory(paths.SAMPLES),
     log:
-        "logs/generate/{dataset}/{method}/{sampler}.log",
+        log("generate", "{dataset}/{method}/{sampler}"),
     benchmark:
-        "benchmarks/generate/{dataset}/{method}/{sampler}.tsv"
+        benchmark("generate", "{dataset}/{method}/{sampler}")
     conda:
         "../envs/markup2im.yaml"
     threads: resource("generate", "threads")
     resources:
-        gpu=generate_gpus,
-        gpu_model=gpu_model(generate_gpus),
-        mem_mb=resource("generate", "mem_mb"),
-        runtime=resource("generate", "runtime"),
-        batch_size=generate_setting("batch_size"),
+        **GENERATE_RESOURCES,
     params:
         partial=partial_path,
         flags=sample_flags,
         version=version("generate"),
     shell:
-        "rm -rf {params.partial}"
-        " && OMP_NUM_THREADS={threads} markup2im generate --model-dir {input.model}"
-        " --dataset-dir {input.data} --output-dir {params.partial} {params.flags}"
-        " --batch-size {resources.batch_size} --device auto > {log} 2>&1"
-        " && mv {params.partial} {output.samples}"
+        generate_command("", move="mv {params.partial} {output.samples}")
 
 
 rule frames:
     input:
         model=model_dir,
-        data="results/{dataset}/data/dataset",
+        data=paths.DATASET,
         examples=rules.select_examples.output.examples,
     output:
-        frames=directory("results/{dataset}/{method}/{sampler}/frames"),
+        frames=directory(paths.FRAMES),
     log:
-        "logs/frames/{dataset}/{method}/{sampler}.log",
+        log("frames", "{dataset}/{method}/{sampler}"),
     benchmark:
-        "benchmarks/frames/{dataset}/{method}/{sampler}.tsv"
+        benchmark("frames", "{dataset}/{method}/{sampler}")
     conda:
         "../envs/markup2im.yaml"
     threads: resource("generate", "threads")
     resources:
-        gpu=generate_gpus,
-        gpu_model=gpu_model(generate_gpus),
-        mem_mb=resource("generate", "mem_mb"),
-        runtime=resource("generate", "runtime"),
-        batch_size=generate_setting("batch_size"),
+        **GENERATE_RESOURCES,
     params:
         partial=partial_path,
         flags=sample_flags,
         every=frames_every,
         version=version("generate"),
     shell:
-        "rm -rf {params.partial}"
-        " && OMP_NUM_THREADS={threads} markup2im generate --model-dir {input.model}"
-        " --dataset-dir {input.data} --output-dir {params.partial} {params.flags}"
-        ' --only "$(paste -sd, {input.examples})" --frames-every {params.every}'
-        " --batch-size {resources.batch_size} --device auto > {log} 2>&1"
-        " && mv {params.partial}/frames {output.frames} && rm -rf {params.partial}"
+        generate_command(
+            ' --only "$(paste -sd, {input.examples})" --frames-every {params.every}',
+            move="mv {params.partial}/frames {output.frames} && rm -rf {params.partial}",
+        )

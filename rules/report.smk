@@ -3,14 +3,18 @@
 GIFs and tables are wrapped in self-contained HTML pages so that the report shows them inline.
 """
 
+# Every rule here is a small figures job (seconds): one place for what each asks for.
+FIGURES_THREADS = resource("figures", "threads")
+FIGURES_RESOURCES = memory_and_runtime("figures")
+
 
 rule gif_denoise:
     input:
         frames=rules.frames.output.frames,
     output:
-        gif="results/{dataset}/{method}/{sampler}/gifs/{example}.gif",
+        gif=paths.GIF,
         page=report(
-            "results/{dataset}/{method}/{sampler}/gifs/{example}.html",
+            paths.GIF_PAGE,
             caption="../report/gif_denoise.rst",
             category="Denoising",
             subcategory="{dataset}",
@@ -21,15 +25,14 @@ rule gif_denoise:
             },
         ),
     log:
-        "logs/gif/{dataset}/{method}/{sampler}/{example}.log",
+        log("gif", "{dataset}/{method}/{sampler}/{example}"),
     benchmark:
-        "benchmarks/gif/{dataset}/{method}/{sampler}/{example}.tsv"
+        benchmark("gif", "{dataset}/{method}/{sampler}/{example}")
     conda:
         "../envs/markup2im.yaml"
-    threads: resource("figures", "threads")
+    threads: FIGURES_THREADS
     resources:
-        mem_mb=resource("figures", "mem_mb"),
-        runtime=resource("figures", "runtime"),
+        **FIGURES_RESOURCES,
     params:
         version=version("figures"),
         every=gif_every(panels=1),
@@ -44,13 +47,13 @@ rule gif_denoise:
 
 rule gif_compare:
     input:
-        frames=by_method("results/{dataset}/{method}/{sampler}/frames"),
-        gold=by_method("results/{dataset}/{method}/{sampler}/samples"),
+        frames=by_method(paths.FRAMES),
+        gold=by_method(paths.SAMPLES),
         examples=rules.select_examples.output.examples,
     output:
-        gif="results/{dataset}/figures/{sampler}/compare/{example}.gif",
+        gif=paths.COMPARE_GIF,
         page=report(
-            "results/{dataset}/figures/{sampler}/compare/{example}.html",
+            paths.COMPARE_PAGE,
             caption="../report/gif_compare.rst",
             category="Denoising",
             subcategory="{dataset}",
@@ -61,18 +64,17 @@ rule gif_compare:
             },
         ),
     log:
-        "logs/gif/{dataset}/compare/{sampler}/{example}.log",
+        log("gif", "{dataset}/compare/{sampler}/{example}"),
     benchmark:
-        "benchmarks/gif/{dataset}/compare/{sampler}/{example}.tsv"
+        benchmark("gif", "{dataset}/compare/{sampler}/{example}")
     conda:
         "../envs/markup2im.yaml"
-    threads: resource("figures", "threads")
+    threads: FIGURES_THREADS
     resources:
-        mem_mb=resource("figures", "mem_mb"),
-        runtime=resource("figures", "runtime"),
+        **FIGURES_RESOURCES,
     params:
         version=version("figures"),
-        gold=lambda w, input: shlex.quote(f"{input.gold[0]}/gold/{example_filename(w)}"),
+        gold=compare_gold,
         frames=compare_frames,
         every=gif_every(panels=1 + len(METHODS)),
         title=page_title("{dataset}: gold | methods, {sampler}, example {example}"),
@@ -85,29 +87,28 @@ rule gif_compare:
 
 rule metrics_table:
     input:
-        lambda w: PLAN.summary_inputs(),
+        summary_inputs,
     output:
-        table="results/summary/metrics_table.csv",
+        table=paths.METRICS_TABLE,
         page=report(
-            "results/summary/metrics_table.html",
+            paths.METRICS_TABLE_PAGE,
             caption="../report/metrics_table.rst",
             category="Metrics",
             subcategory="Summary",
             labels={"figure": "metrics table"},
         ),
     log:
-        "logs/figures/metrics_table.log",
+        log("figures", "metrics_table"),
     benchmark:
-        "benchmarks/figures/metrics_table.tsv"
+        benchmark("figures", "metrics_table")
     conda:
         "../envs/markup2im.yaml"
-    threads: resource("figures", "threads")
+    threads: FIGURES_THREADS
     resources:
-        mem_mb=resource("figures", "mem_mb"),
-        runtime=resource("figures", "runtime"),
+        **FIGURES_RESOURCES,
     params:
         version=version("figures"),
-        summaries=labelled("--summary", lambda w: PLAN.summary_labels()),
+        summaries=labelled("--summary", summary_labels),
     shell:
         "markup2im figures metrics-table {params.summaries} --output {output.table}"
         " --html {output.page} > {log} 2>&1"
@@ -115,27 +116,26 @@ rule metrics_table:
 
 rule paired:
     input:
-        baseline="results/{dataset}/baseline/{sampler}/metrics.csv",
-        treatment="results/{dataset}/scheduled_sampling/{sampler}/metrics.csv",
+        baseline=for_method(paths.METRICS, BASELINE),
+        treatment=for_method(paths.METRICS, TREATMENT),
     output:
-        table="results/{dataset}/figures/{sampler}/paired.csv",
+        table=paths.PAIRED,
         page=report(
-            "results/{dataset}/figures/{sampler}/paired.html",
+            paths.PAIRED_PAGE,
             caption="../report/paired.rst",
             category="Metrics",
             subcategory="{dataset}",
             labels={"figure": "paired comparison", "sampler": "{sampler}"},
         ),
     log:
-        "logs/figures/{dataset}/{sampler}/paired.log",
+        log("figures", "{dataset}/{sampler}/paired"),
     benchmark:
-        "benchmarks/figures/{dataset}/{sampler}/paired.tsv"
+        benchmark("figures", "{dataset}/{sampler}/paired")
     conda:
         "../envs/markup2im.yaml"
-    threads: resource("figures", "threads")
+    threads: FIGURES_THREADS
     resources:
-        mem_mb=resource("figures", "mem_mb"),
-        runtime=resource("figures", "runtime"),
+        **FIGURES_RESOURCES,
     params:
         version=version("figures"),
         title=paired_title,
@@ -151,29 +151,28 @@ rule paired:
 
 rule paired_table:
     input:
-        lambda w: PLAN.paired_tables(),
+        paired_tables,
     output:
-        table="results/summary/paired_table.csv",
+        table=paths.PAIRED_TABLE,
         page=report(
-            "results/summary/paired_table.html",
+            paths.PAIRED_TABLE_PAGE,
             caption="../report/paired_table.rst",
             category="Metrics",
             subcategory="Summary",
             labels={"figure": "paired comparison table"},
         ),
     log:
-        "logs/figures/paired_table.log",
+        log("figures", "paired_table"),
     benchmark:
-        "benchmarks/figures/paired_table.tsv"
+        benchmark("figures", "paired_table")
     conda:
         "../envs/markup2im.yaml"
-    threads: resource("figures", "threads")
+    threads: FIGURES_THREADS
     resources:
-        mem_mb=resource("figures", "mem_mb"),
-        runtime=resource("figures", "runtime"),
+        **FIGURES_RESOURCES,
     params:
         version=version("figures"),
-        paired=labelled("--paired", lambda w: PLAN.paired_labels()),
+        paired=labelled("--paired", paired_labels),
     shell:
         "markup2im figures paired-table {params.paired} --output {output.table}"
         " --html {output.page} > {log} 2>&1"
@@ -181,25 +180,24 @@ rule paired_table:
 
 rule metric_plots:
     input:
-        by_method("results/{dataset}/{method}/{sampler}/metrics.csv"),
+        by_method(paths.METRICS),
     output:
         report(
-            "results/{dataset}/figures/{sampler}/metric_distributions.png",
+            paths.METRIC_PLOTS,
             caption="../report/metric_plots.rst",
             category="Metrics",
             subcategory="{dataset}",
             labels={"figure": "metric distributions", "sampler": "{sampler}"},
         ),
     log:
-        "logs/figures/{dataset}/{sampler}/metric_distributions.log",
+        log("figures", "{dataset}/{sampler}/metric_distributions"),
     benchmark:
-        "benchmarks/figures/{dataset}/{sampler}/metric_distributions.tsv"
+        benchmark("figures", "{dataset}/{sampler}/metric_distributions")
     conda:
         "../envs/markup2im.yaml"
-    threads: resource("figures", "threads")
+    threads: FIGURES_THREADS
     resources:
-        mem_mb=resource("figures", "mem_mb"),
-        runtime=resource("figures", "runtime"),
+        **FIGURES_RESOURCES,
     params:
         version=version("figures"),
         metrics=labelled("--metrics", method_labels),
@@ -209,28 +207,24 @@ rule metric_plots:
 
 rule loss_curves:
     input:
-        lambda w: [
-            f"results/{w.dataset}/{m}/train_log.csv"
-            for m in PLAN.trained_methods(w.dataset)
-        ],
+        train_logs,
     output:
         report(
-            "results/{dataset}/figures/loss_curves.png",
+            paths.LOSS_CURVES,
             caption="../report/loss_curves.rst",
             category="Training",
             subcategory="{dataset}",
             labels={"figure": "training loss"},
         ),
     log:
-        "logs/figures/{dataset}/loss_curves.log",
+        log("figures", "{dataset}/loss_curves"),
     benchmark:
-        "benchmarks/figures/{dataset}/loss_curves.tsv"
+        benchmark("figures", "{dataset}/loss_curves")
     conda:
         "../envs/markup2im.yaml"
-    threads: resource("figures", "threads")
+    threads: FIGURES_THREADS
     resources:
-        mem_mb=resource("figures", "mem_mb"),
-        runtime=resource("figures", "runtime"),
+        **FIGURES_RESOURCES,
     params:
         version=version("figures"),
         logs=labelled("--train-log", trained_labels),
@@ -240,28 +234,27 @@ rule loss_curves:
 
 rule sample_grid:
     input:
-        by_method("results/{dataset}/{method}/{sampler}/samples"),
+        by_method(paths.SAMPLES),
     output:
         report(
-            "results/{dataset}/figures/{sampler}/samples_grid.png",
+            paths.SAMPLES_GRID,
             caption="../report/samples_grid.rst",
             category="Samples",
             subcategory="{dataset}",
             labels={"figure": "samples", "sampler": "{sampler}"},
         ),
     log:
-        "logs/figures/{dataset}/{sampler}/samples_grid.log",
+        log("figures", "{dataset}/{sampler}/samples_grid"),
     benchmark:
-        "benchmarks/figures/{dataset}/{sampler}/samples_grid.tsv"
+        benchmark("figures", "{dataset}/{sampler}/samples_grid")
     conda:
         "../envs/markup2im.yaml"
-    threads: resource("figures", "threads")
+    threads: FIGURES_THREADS
     resources:
-        mem_mb=resource("figures", "mem_mb"),
-        runtime=resource("figures", "runtime"),
+        **FIGURES_RESOURCES,
     params:
         version=version("figures"),
-        gold=lambda w, input: shlex.quote(f"{input[0]}/gold"),
+        gold=grid_gold,
         preds=labelled("--pred", method_labels, "images"),
         limit=config["figures"]["grid_limit"],
     shell:

@@ -12,15 +12,15 @@ rerun rebuilds one that an interrupted job removed.
 
 rule train:
     input:
-        data="results/{dataset}/data/dataset",
-        encoder=per_dataset("encoder_input"),
+        data=paths.DATASET,
+        encoder=encoder_input,
     output:
-        model=directory("results/{dataset}/{method}/train/model"),
-        train_log="results/{dataset}/{method}/train_log.csv",
+        model=directory(paths.TRAINED_MODEL),
+        train_log=paths.TRAIN_LOG,
     log:
-        "logs/train/{dataset}/{method}.log",
+        log("train", "{dataset}/{method}"),
     benchmark:
-        "benchmarks/train/{dataset}/{method}.tsv"
+        benchmark("train", "{dataset}/{method}")
     # A job that stops before its Slurm time limit (walltime_margin) fails after saving a
     # checkpoint and a retry resumes from it, so training may span `chunks` jobs (with one
     # chunk, --retries applies as to any rule). Only the main Snakemake retries: inside a
@@ -65,13 +65,13 @@ rule train:
 rule import_original:
     input:
         checkpoint=released_checkpoint,
-        encoder=per_dataset("encoder_input"),
+        encoder=encoder_input,
     output:
-        model=directory("results/{dataset}/{method}/released/model"),
+        model=directory(paths.RELEASED_MODEL),
     log:
-        "logs/import_original/{dataset}/{method}.log",
+        log("import_original", "{dataset}/{method}"),
     benchmark:
-        "benchmarks/import_original/{dataset}/{method}.tsv"
+        benchmark("import_original", "{dataset}/{method}")
     wildcard_constraints:
         dataset=alternatives(PLAN.released_datasets),
     conda:
@@ -80,7 +80,7 @@ rule import_original:
         mem_mb=8000,
         runtime=30,
     params:
-        flags=per_dataset("import_flags"),
+        flags=import_flags,
     shell:
         "markup2im import-original --checkpoint {input.checkpoint} {params.flags}"
         " --output-dir {output.model} > {log} 2>&1"

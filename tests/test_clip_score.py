@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 from markup2im.cli import main as cli_main
 from markup2im.clip_score import ClipImageScorer, clip_similarities
 from markup2im.errors import ModelError
+from markup2im.figures.tables import metrics_table
 from markup2im.metrics import evaluate_dirs
-from markup2im.visualize import metrics_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

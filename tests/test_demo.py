@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 from chromium import CHROMIUM, Chromium
+from inference_helpers import pixels, save_untrained_model
 
 from markup2im.cli import main
-from markup2im.demo import model_domain
+from markup2im.demo import Demo, model_domain
 from markup2im.errors import ConfigError
 
 START_TIMEOUT = 300  # seconds for the server to answer (imports, model, first page)
@@ -196,3 +197,22 @@ def test_the_renderers_error_is_shown_as_text() -> None:
     assert "&lt;b&gt; &amp; more" in shown and "<b> &" not in shown
     assert "No scores" in scores_html(result)
     assert "DTW <b" in scores_html(Comparison("x", dtw=3.0, ssim=0.5))
+
+
+def test_compare_draws_what_the_pipeline_draws(tmp_path: Path, monkeypatch) -> None:
+    """The page's drawing is the pipeline's (one markup with seed s: example 0 of s), with its
+    denoising GIF; the renderer is left out here (the page test above runs it)."""
+    from markup2im.pipeline import Markup2ImPipeline
+
+    model_dir = save_untrained_model(tmp_path / "model")
+    demo = Demo.load(model_dir, tmp_path, domain="tables", device="cpu")
+    monkeypatch.setattr(demo, "_render", lambda markup: (None, "no renderer in this test"))
+    seen: list[tuple[float, str]] = []
+    result = demo.compare(
+        "<table></table>", steps=3, seed=2, progress=lambda f, what: seen.append((f, what))
+    )
+    assert result.render_error == "no renderer in this test" and result.dtw is None
+    assert result.animation is not None and result.animation.is_file()
+    assert seen[-1] == (1.0, "denoising")
+    drawn = Markup2ImPipeline(demo.model)("<table></table>", steps=3, seed=2).images[0]
+    assert (pixels(result.image) == pixels(drawn)).all()

@@ -1,6 +1,7 @@
-"""``markup2im draw`` and ``Markup2ImModel.draw``: the same seed gives the same pixels, a list
-gives the images of single draws, images have the model's size and mode, a markup file gives one
-image per line, and too-long markup is truncated with a warning that says by how much."""
+"""``markup2im draw`` (markup2im.drawing): one markup and its GIF, a markup file gives one image
+per line drawn as single draws with seeds seed, seed + 1, ..., the command line draws what the
+pipeline draws, and too-long markup is truncated with a warning that says by how much. (The
+drawing itself, seeds, batches and frames: tests/test_pipeline.py.)"""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from tiny_model import HEIGHT, MAX_MARKUP, WIDTH
 
 from markup2im.cli import main
 from markup2im.data.render import assign_filenames
+from markup2im.model import Markup2ImModel
 from markup2im.models.encoder import OFFLINE, MarkupEncoder
-from markup2im.pipeline import Markup2ImModel
+from markup2im.pipeline import Markup2ImPipeline
 
 FORMULAS = [r"x^2+y_1", r"\frac{1}{y}", r"a-b=c"]
 LONG = "x+" * 40  # 80 bytes: 48 over the tiny model's 32-token limit
@@ -142,54 +144,13 @@ def test_encoder_says_by_how_many_tokens_it_truncates(caplog) -> None:
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir: Path) -> Markup2ImModel:
-    return Markup2ImModel.from_pretrained(tiny_model_dir)
-
-
-@pytest.mark.slow
-def test_same_seed_same_pixels_at_the_models_size(model: Markup2ImModel) -> None:
-    first = model.draw(FORMULAS[0], steps=10, seed=5)
-    again = model.draw([FORMULAS[0]], steps=10, seed=5)
-    other = model.draw([FORMULAS[0]], steps=10, seed=6)
-    assert len(first) == 1 and isinstance(first[0], Image.Image)
-    assert first[0].size == (WIDTH, HEIGHT) and first[0].mode == "L"
-    assert np.array_equal(pixels(first[0]), pixels(again[0]))
-    assert not np.array_equal(pixels(first[0]), pixels(other[0]))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++"])
-def test_a_batch_draws_what_single_draws_do(model: Markup2ImModel, sampler: str) -> None:
-    together = model.draw(FORMULAS, sampler=sampler, steps=8, seed=10)
-    in_twos = model.draw(FORMULAS, sampler=sampler, steps=8, seed=10, batch_size=2)
-    alone = [
-        model.draw([m], sampler=sampler, steps=8, seed=10 + i)[0] for i, m in enumerate(FORMULAS)
-    ]
-    for batch in (together, in_twos):
-        for a, b in zip(batch, alone, strict=True):
-            # the denoiser is batch-invariant to 1e-5: at most a rounding step apart
-            diff = np.abs(pixels(a).astype(int) - pixels(b).astype(int))
-            assert diff.max() <= 1 and (diff > 0).mean() < 0.01
-
-
-@pytest.mark.slow
-def test_frames_and_progress(model: Markup2ImModel) -> None:
-    calls: list[tuple[int, int]] = []
-    images, frames = model.draw(
-        FORMULAS[:2], steps=6, seed=0, frames=True, batch_size=1,
-        progress=lambda done, total: calls.append((done, total)),
-    )  # fmt: skip
-    assert len(images) == 2 and [len(f) for f in frames] == [6, 6]
-    assert all(f.size == images[0].size and f.mode == "L" for f in frames[0])
-    assert calls == [(i, 12) for i in range(1, 13)]
-    # the images are the same with frames kept or not
-    plain = model.draw(FORMULAS[:2], steps=6, seed=0)
-    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(images, plain, strict=True))
+def pipe(tiny_model_dir: Path) -> Markup2ImPipeline:
+    return Markup2ImPipeline.from_pretrained(tiny_model_dir, device="cpu")
 
 
 @pytest.mark.slow
 def test_cli_draws_one_markup_and_its_gif(
-    tiny_model_dir: Path, model: Markup2ImModel, tmp_path: Path
+    tiny_model_dir: Path, pipe: Markup2ImPipeline, tmp_path: Path
 ) -> None:
     proc = draw_cli(
         "--model-dir", tiny_model_dir, FORMULAS[1], "--output", "out.png", "--gif", "out.gif",
@@ -204,13 +165,13 @@ def test_cli_draws_one_markup_and_its_gif(
     with Image.open(tmp_path / "out.gif") as gif:
         assert gif.format == "GIF" and gif.n_frames > 1
     # the command line draws what the API draws
-    api = model.draw(FORMULAS[1], steps=10, seed=3)[0]
+    api = pipe(FORMULAS[1], steps=10, seed=3).images[0]
     assert np.array_equal(pixels(tmp_path / "out.png"), pixels(api))
 
 
 @pytest.mark.slow
 def test_cli_markup_file_one_image_per_line_and_truncation_warning(
-    tiny_model_dir: Path, model: Markup2ImModel, tmp_path: Path
+    tiny_model_dir: Path, pipe: Markup2ImPipeline, tmp_path: Path
 ) -> None:
     lines = [FORMULAS[0], "", LONG, FORMULAS[2]]
     (tmp_path / "f.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -236,7 +197,7 @@ def test_cli_markup_file_one_image_per_line_and_truncation_warning(
     assert [r["truncated_tokens"] for r in rows] == ["0", str(over), "0"]
     assert [r["markup"] for r in rows] == markups
     # markup i of the file is drawn with seed + i, so the last line is a single draw at seed 9
-    single = model.draw(FORMULAS[2], steps=6, seed=9)[0]
+    single = pipe(FORMULAS[2], steps=6, seed=9).images[0]
     diff = np.abs(pixels(out / names[2]).astype(int) - pixels(single).astype(int))
     assert diff.max() <= 1
 

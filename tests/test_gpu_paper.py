@@ -51,7 +51,8 @@ def _losses(run_dir: Path) -> list[float]:
 @pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
 def test_paper_preset_trains_a_few_steps_without_nan(tmp_path, math_data, encoder_dir,
                                                      mixed_precision):  # fmt: skip
-    from markup2im.training import TrainConfig, train
+    from markup2im.training.config import TrainConfig
+    from markup2im.training.trainer import train
 
     result = train(
         TrainConfig(

@@ -16,7 +16,10 @@ import torch
 from gpu_helpers import drawn_dataset, requires_cuda, restore_cuda_settings, stand_in_encoder_dir
 
 from markup2im.cuda import configure_cuda
-from markup2im.sampling import SAMPLERS, example_generators, generate, sample
+from markup2im.generate import generate
+from markup2im.model import Markup2ImModel
+from markup2im.names import SAMPLERS
+from markup2im.sampling import example_generators, sample
 
 pytestmark = [*requires_cuda, pytest.mark.usefixtures("restore_cuda_settings")]
 __all__ = ["restore_cuda_settings"]  # a fixture, used through pytestmark
@@ -33,8 +36,6 @@ STEPS = {"ddpm": 100, "ddim": 50, "dpmsolver++": 20}
 
 @pytest.fixture(scope="module")
 def paper_model(tmp_path_factory):
-    from markup2im.pipeline import Markup2ImModel
-
     encoder = stand_in_encoder_dir(tmp_path_factory.mktemp("encoder"))
     torch.manual_seed(0)
     model = Markup2ImModel.from_config(
@@ -113,8 +114,6 @@ def test_sampling_is_batch_invariant_within_tolerance(paper_model, precision):
 
 def test_generate_on_cuda_in_bf16_channels_last(tmp_path: Path):
     """generate() on CUDA: TF32 switched on, bf16 + channels-last images written."""
-    from markup2im.pipeline import Markup2ImModel
-
     data = drawn_dataset(tmp_path / "data", 64, 32, {"train": 2, "validation": 1, "test": 3})
     torch.manual_seed(0)
     Markup2ImModel.from_config(

@@ -3,7 +3,7 @@
 What only a CUDA run shows: the paper preset trains in fp32 and bf16, an EMA resumes onto the
 GPU, the step never waits for the device, the speed options (compile, channels-last, encoder
 cache, data workers) train, and with two GPUs a checkpoint moves between process counts. The
-same logic has CPU tests in tests/test_training.py.
+same logic has CPU tests in tests/test_training_*.py (runs: tests/test_training_trainer.py).
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import (
+from training_helpers import (
     ENV,
     accelerate_launch,
     build_dataset,
     checkpoint_keys,
     cli_train,
     launch,
-    list_checkpoints,
     model_weights,
     read_log,
     tiny,
 )
 
-from markup2im.training import train
+from markup2im.training.checkpoints import list_checkpoints
+from markup2im.training.trainer import train
 
 pytestmark = [
     pytest.mark.gpu,
@@ -91,9 +91,10 @@ def test_the_step_never_waits_for_the_gpu() -> None:
     """Noise, forward, backward, clipping and the fused AdamW step of a baseline step queue
     work without one host sync (CUDA sync debug mode turns any into an error)."""
     from markup2im.diffusion import NoiseSchedule
-    from markup2im.pipeline import Markup2ImModel
+    from markup2im.model import Markup2ImModel
     from markup2im.scheduled_sampling import ScheduledSamplingConfig, step_loss
-    from markup2im.training import adamw_options, draw_step, encode_tokens, noise_generator
+    from markup2im.training.methods.scheduled_sampling import draw_step
+    from markup2im.training.step import adamw_options, encode_tokens, noise_generator
 
     device = torch.device("cuda")
     model = Markup2ImModel.from_config(model_preset="tiny", encoder="offline", height=64,

@@ -20,9 +20,10 @@ from markup2im.data.datasets import build_dataset, load_split, read_dataset_info
 from markup2im.diffusion import NoiseSchedule
 from markup2im.images import image_to_tensor, load_image
 from markup2im.metrics import dtw
-from markup2im.pipeline import Markup2ImModel
+from markup2im.model import Markup2ImModel
 from markup2im.sampling import example_generators, sample
-from markup2im.training import TrainConfig, train
+from markup2im.training.config import TrainConfig
+from markup2im.training.trainer import train
 
 pytestmark = pytest.mark.slow
 

@@ -235,34 +235,6 @@ def test_bad_input_rejected() -> None:
         metrics.mse(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8))
 
 
-def test_distinct_columns_exact() -> None:
-    rng = np.random.default_rng(9)
-    for n_words in (1, 2, 3):
-        pool = rng.integers(0, 2**63, size=(7, n_words), dtype=np.int64).astype(np.uint64)
-        words = pool[rng.integers(0, 7, size=300)]
-        distinct, index = metrics._distinct_words(words)
-        np.testing.assert_array_equal(distinct[index], words)
-        assert len(distinct) == len(np.unique(words, axis=0))
-
-
-def test_kernels_compiled_once_for_read_only_images() -> None:
-    rng = np.random.default_rng(2)
-    gold = text_like(rng, 64, 320)
-    pred = np.asarray(Image.fromarray(perturbed(rng, gold)))  # read-only, as from a file
-    assert not pred.flags.writeable
-    metrics.compute_metrics(pred, gold)
-    metrics.warm_up()
-    for kernel in (
-        metrics._min_shift_costs,
-        metrics._dtw_cumulative,
-        metrics._ssim_mse,
-        metrics._pack_ink,
-        metrics._shift_words,
-        metrics._distinct_words,
-    ):
-        assert len(kernel.signatures) == 1, kernel
-
-
 # ----------------------------------------------------------------------------- directories
 
 

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from markup2im.cli import main as cli_main
 from markup2im.data.datasets import DatasetInfo, write_dataset_info
 from markup2im.errors import ModelError
+from markup2im.model import Markup2ImModel
 from markup2im.models.denoiser import MarkupUNet
 from markup2im.original import (
     ORIGINAL_POSITION_NAMES,
@@ -36,7 +37,6 @@ from markup2im.original import (
     load_original_state_dict,
     original_layout,
 )
-from markup2im.pipeline import Markup2ImModel
 from markup2im.presets import DOMAINS, get_model_preset
 
 ROW = f"{ORIGINAL_POSITION_NAMES['row_embedding']}.weight"

@@ -1,218 +1,203 @@
-"""Tests for markup2im.pipeline: the whole model, its directory, and batch invariance."""
+"""Tests of markup2im.pipeline, the one path from markup to images: the seeding rule (example k
+of seed s gets the same image alone, in a batch and in a split), frames, progress and settings,
+with an untrained tiny model."""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from inference_helpers import drawn_example, pixels, save_untrained_model, write_tables_dataset
+from PIL import Image
 
-from markup2im.errors import ConfigError, ModelError
-from markup2im.models.attention import PositionalTransformerBlock
-from markup2im.pipeline import Markup2ImModel
+from markup2im.errors import ConfigError
+from markup2im.generate import generate
+from markup2im.images import tensor_to_image
+from markup2im.model import Markup2ImModel
+from markup2im.pipeline import Markup2ImPipeline, StepBar, resolve_device
+from markup2im.sampling import example_generators, frame_steps, sample
 
-MARKUPS = [
-    r"\alpha",
-    r"\int_0^1 f(x)\,dx = \frac{1}{2}",
-    "<table><tr><td>a</td><td>b</td></tr></table>",
-    "x",
-]
-
+MARKUPS = ["<table><tr><td>1</td></tr></table>", "<table></table>", "x", r"\alpha"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model() -> Markup2ImModel:
-    torch.manual_seed(0)
-    return Markup2ImModel.from_config(
-        model_preset="tiny", encoder="offline", height=64, width=64, channels=1
-    ).eval()
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_untrained_model(tmp_path_factory.mktemp("model") / "model")
 
 
 @pytest.fixture(scope="module")
-def saved(model, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("models") / "model"
-    model.save_pretrained(directory)
-    return directory
+def pipe(model_dir: Path) -> Markup2ImPipeline:
+    return Markup2ImPipeline.from_pretrained(model_dir, device="cpu")
 
 
-def _inputs(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 64, 64, generator=g), torch.randint(0, 1000, (n,), generator=g)
+def _images(model: Markup2ImModel, markups: list[str], generators, steps: int) -> list:
+    result = sample(model, markups, generators, sampler="ddim", num_inference_steps=steps)
+    return [pixels(tensor_to_image(x)) for x in result]
 
 
-def test_from_config_shapes_and_defaults(model):
-    assert (model.height, model.width, model.channels) == (64, 64, 1)
-    assert model.max_markup_length == 256  # the tiny preset's default
-    blocks = [m for m in model.denoiser.modules() if isinstance(m, PositionalTransformerBlock)]
-    assert {b.text_position_embedding.num_embeddings for b in blocks} == {257}
-    assert model.encoder.hidden_size == model.denoiser.config.cross_attention_dim == 64
-    sched = model.noise_scheduler()
-    assert sched.config.num_train_timesteps == 1000
-    assert sched.config.beta_schedule == "linear" and sched.config.prediction_type == "epsilon"
-    assert float(sched.betas[0]) == pytest.approx(1e-4, rel=1e-6)
-    assert float(sched.betas[-1]) == pytest.approx(0.02, rel=1e-6)
+def test_one_markup_drawn_with_seed_s_is_example_0_of_s(pipe: Markup2ImPipeline) -> None:
+    """A single markup keeps the image it had before the one seeding rule."""
+    for seed in (0, 7):
+        drawing = pipe(MARKUPS[0], steps=4, seed=seed)
+        expected = _images(pipe.model, MARKUPS[:1], example_generators(seed, [0]), 4)
+        assert len(drawing.images) == 1 and drawing.frames == [[]]
+        assert np.array_equal(pixels(drawing.images[0]), expected[0])
+    assert not np.array_equal(
+        pixels(pipe(MARKUPS[0], steps=4, seed=0).images[0]),
+        pixels(pipe(MARKUPS[0], steps=4, seed=1).images[0]),
+    )
 
 
-def test_only_the_denoiser_trains(model):
-    trainable = list(model.trainable_parameters())
-    assert {id(p) for p in trainable} == {id(p) for p in model.denoiser.parameters()}
-    assert not any(p.requires_grad for p in model.encoder.parameters())
-    model.train()
+def test_markup_i_of_a_list_is_example_i_of_the_seed(pipe: Markup2ImPipeline) -> None:
+    drawing = pipe(MARKUPS, steps=4, seed=3)
+    expected = _images(pipe.model, MARKUPS, example_generators(3, range(len(MARKUPS))), 4)
+    assert [im.size for im in drawing.images] == [(64, 64)] * len(MARKUPS)
+    assert all(im.mode == "L" for im in drawing.images)
+    for image, want in zip(drawing.images, expected, strict=True):
+        assert np.array_equal(pixels(image), want)
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to the denoiser's batch invariance (1e-5): at most a rounding step apart."""
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_example_k_alone_in_a_batch_and_in_a_split(
+    pipe: Markup2ImPipeline, model_dir: Path, tmp_path: Path
+) -> None:
+    """Example k drawn alone with (seed, index=k) is example k of a batch and of a split run by
+    ``markup2im generate`` with that seed."""
+    data = write_tables_dataset(tmp_path / "data")
+    markups = [drawn_example(i)[0] for i in range(4)]
+    for batch_size in (1, 3):
+        generate(
+            model_dir, data, tmp_path / f"b{batch_size}", limit=4, batch_size=batch_size,
+            sampler="ddim", num_inference_steps=4, seed=11, device="cpu",
+        )  # fmt: skip
+    batch = pipe(markups, steps=4, seed=11)
+    for k, markup in enumerate(markups):
+        alone = pixels(pipe(markup, steps=4, seed=11, indices=[k]).images[0])
+        split_alone = pixels(tmp_path / "b1" / "images" / f"test_{k}.png")
+        assert np.array_equal(alone, split_alone)  # the same noise and the same batch: bit for bit
+        _close(alone, pixels(tmp_path / "b3" / "images" / f"test_{k}.png"))
+        _close(alone, pixels(batch.images[k]))
+
+
+def test_one_seed_per_markup(pipe: Markup2ImPipeline) -> None:
+    """``markup2im draw --markup-file`` draws line i as example 0 of seed + i."""
+    drawing = pipe(MARKUPS[:3], steps=3, seed=[5, 6, 7], indices=[0, 0, 0], batch_size=1)
+    for i, markup in enumerate(MARKUPS[:3]):
+        single = pipe(markup, steps=3, seed=5 + i).images[0]
+        assert np.array_equal(pixels(drawing.images[i]), pixels(single))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++"])
+def test_a_batch_draws_what_single_draws_do(pipe: Markup2ImPipeline, sampler: str) -> None:
+    together = pipe(MARKUPS, sampler=sampler, steps=5, seed=10).images
+    in_twos = pipe(MARKUPS, sampler=sampler, steps=5, seed=10, batch_size=2).images
+    alone = [
+        pipe(m, sampler=sampler, steps=5, seed=10, indices=[i]).images[0]
+        for i, m in enumerate(MARKUPS)
+    ]
+    for batch in (together, in_twos):
+        for a, b in zip(batch, alone, strict=True):
+            _close(pixels(a), pixels(b))
+
+
+def test_frames_and_progress(pipe: Markup2ImPipeline) -> None:
+    calls: list[tuple[int, int]] = []
+    drawing = pipe(
+        MARKUPS[:2], steps=6, seed=0, frames_every=1, batch_size=1,
+        progress=lambda done, total: calls.append((done, total)),
+    )  # fmt: skip
+    assert len(drawing.images) == 2 and [len(f) for f in drawing.frames] == [6, 6]
+    assert drawing.frame_steps == list(range(6))
+    assert all(f.size == (64, 64) and f.mode == "L" for f in drawing.frames[0])
+    assert calls == [(i, 12) for i in range(1, 13)]
+    # the images are the same with frames kept or not
+    plain = pipe(MARKUPS[:2], steps=6, seed=0, batch_size=1)
+    for a, b in zip(drawing.images, plain.images, strict=True):
+        assert np.array_equal(pixels(a), pixels(b))
+    # DDIM ends on the clipped x0 prediction of its last step: the last frame is the image
+    last = pixels(drawing.frames[1][-1]).astype(int)
+    assert np.abs(last - pixels(drawing.images[1]).astype(int)).max() <= 1
+
+
+def test_frames_for_some_markups_and_a_frame_sink(pipe: Markup2ImPipeline) -> None:
+    got: list[tuple[int, int, Image.Image]] = []
+    drawing = pipe(
+        MARKUPS[:3], steps=7, seed=1, frames_every=3, frames_for=[False, True, True],
+        batch_size=2, on_frame=lambda number, step, frame: got.append((number, step, frame)),
+    )  # fmt: skip
+    assert drawing.frames == [[], [], []]  # the sink took them
+    assert drawing.frame_steps == sorted(frame_steps(7, 3)) == [0, 3, 6]
+    assert sorted((n, s) for n, s, _ in got) == [(n, s) for n in (1, 2) for s in (0, 3, 6)]
+    kept = pipe(MARKUPS[:3], steps=7, seed=1, frames_every=3, frames_for=[False, True, True])
+    assert [len(f) for f in kept.frames] == [0, 3, 3]
+    sunk = {(n, s): f for n, s, f in got}
+    assert np.array_equal(pixels(kept.frames[2][1]), pixels(sunk[2, 3]))
+
+
+def test_batches_say_where_they_start(pipe: Markup2ImPipeline) -> None:
+    batches = list(pipe.batches(MARKUPS, steps=2, batch_size=3))
+    assert [(b.start, len(b.images)) for b in batches] == [(0, 3), (3, 1)]
+
+
+def test_the_models_mode_is_restored(pipe: Markup2ImPipeline) -> None:
+    pipe.model.train()
     try:
-        assert model.denoiser.training and not model.encoder.training
-        assert not model.encoder.model.training
-        hidden, mask = model.encode(MARKUPS[:2])
-        x, t = _inputs(2)
-        loss = model(x, t, hidden, mask).pow(2).mean()
-        loss.backward()
-        assert all(p.grad is not None for p in trainable)
-        assert all(p.grad is None for p in model.encoder.parameters())
+        pipe("x", steps=2)
+        assert pipe.model.denoiser.training
     finally:
-        model.zero_grad(set_to_none=True)
-        model.eval()
+        pipe.model.eval()
+    pipe("x", steps=2)
+    assert not pipe.model.denoiser.training
 
 
-def test_saved_layout(saved, model):
-    for name in (
-        "markup2im_model.json",
-        "denoiser/config.json",
-        "denoiser/diffusion_pytorch_model.safetensors",
-        "encoder/config.json",
-        "encoder/model.safetensors",
-        "encoder/tokenizer_config.json",
-        "encoder/markup2im_encoder.json",
-        "scheduler/scheduler_config.json",
-    ):
-        assert (saved / name).is_file(), name
-    record = json.loads((saved / "markup2im_model.json").read_text())
-    assert record == model.record()
-    assert record["model_preset"] == "tiny" and record["encoder"] == "offline"
-    assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
-
-
-def test_reload_gives_identical_outputs(saved, model):
-    back = Markup2ImModel.from_pretrained(saved, device="cpu")
-    assert not back.training
-    assert back.record() == model.record()
-    assert back.scheduler_config["num_train_timesteps"] == 1000
-    h1, m1 = model.encode(MARKUPS)
-    h2, m2 = back.encode(MARKUPS)
-    assert torch.equal(m1, m2) and torch.equal(h1, h2)
-    x, t = _inputs(len(MARKUPS))
-    with torch.no_grad():
-        assert torch.equal(model(x, t, h1, m1), back(x, t, h2, m2))
-
-
-def test_save_overwrites_and_failed_save_leaves_nothing(model, tmp_path, monkeypatch):
-    target = tmp_path / "m"
-    model.save_pretrained(target)
-    model.save_pretrained(target)  # replacing a complete model is fine
-    Markup2ImModel.from_pretrained(target)
-
-    def broken(directory):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(model.encoder, "write_files", broken)
-    fresh = tmp_path / "never"
-    with pytest.raises(RuntimeError, match="disk full"):
-        model.save_pretrained(fresh)
-    assert not fresh.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-
-
-def test_missing_or_incomplete_directory(saved, tmp_path):
-    with pytest.raises(ModelError, match=f"{tmp_path / 'nope'}.*does not exist"):
-        Markup2ImModel.from_pretrained(tmp_path / "nope")
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for item in saved.rglob("*"):
-        rel = item.relative_to(saved)
-        if item.is_dir():
-            (broken / rel).mkdir(parents=True, exist_ok=True)
-        elif item.name not in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
-            (broken / rel).write_bytes(item.read_bytes())
-    with pytest.raises(ModelError) as info:
-        Markup2ImModel.from_pretrained(broken)
-    message = str(info.value)
-    assert str(broken) in message
-    assert "denoiser/diffusion_pytorch_model.safetensors" in message
-    assert "encoder/model.safetensors" in message
-
-
-@pytest.mark.parametrize("name", ["tokenizer_config.json", "added_tokens.json"])
-def test_a_missing_tokenizer_file_is_refused(saved, tmp_path, name):
-    """Without encoder/tokenizer_config.json the model loaded with a BertTokenizer guessed from
-    config.json, which encodes every markup as [UNK]: wrong images, exit 0."""
-    import shutil
-
-    copy = tmp_path / "model"
-    shutil.copytree(saved, copy)
-    (copy / "encoder" / name).unlink()
-    with pytest.raises(ModelError, match=f"{copy}.*incomplete: missing encoder/{name}"):
-        Markup2ImModel.from_pretrained(copy)
-
-
-def test_model_dir_that_is_a_file_is_named(tmp_path):
-    path = tmp_path / "model"
-    path.write_text("not a model\n")
-    with pytest.raises(ModelError, match=f"{path} is a file, not a directory"):
-        Markup2ImModel.from_pretrained(path)
-
-
-def test_bad_configs_are_config_errors():
-    with pytest.raises(ConfigError, match="unknown model preset"):
-        Markup2ImModel.from_config(
-            model_preset="nope", encoder="offline", height=64, width=64, channels=1
-        )
-    with pytest.raises(ConfigError, match="multiples of 8"):
-        Markup2ImModel.from_config(
-            model_preset="tiny", encoder="offline", height=60, width=64, channels=1
-        )
-
-
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_batch_invariance(model, mode):
-    """An example's prediction alone equals its prediction among longer and shorter markups."""
-    model.train(mode == "train")
-    try:
-        x, t = _inputs(len(MARKUPS))
-        hidden, mask = model.encode(MARKUPS)
-        lengths = mask.sum(1)
-        assert len(set(lengths.tolist())) == len(MARKUPS)  # all different lengths
-        with torch.no_grad():
-            together = model(x, t, hidden, mask)
-            reordered = model(x.flip(0), t.flip(0), *model.encode(MARKUPS[::-1]))
-            for i, markup in enumerate(MARKUPS):
-                h, m = model.encode([markup])
-                alone = model(x[i : i + 1], t[i : i + 1], h, m)
-                assert (alone[0] - together[i]).abs().max() <= 1e-5, markup
-        assert (reordered.flip(0) - together).abs().max() <= 1e-5
-        # the condition matters: another markup gives another prediction
-        with torch.no_grad():
-            other = model(x[:1], t[:1], *model.encode([MARKUPS[1]]))
-        assert (other[0] - together[0]).abs().max() > 1e-4
-    finally:
-        model.eval()
-
-
-def test_draw_in_bf16(model):
-    images = model.draw(["x", r"\alpha"], sampler="ddim", steps=3, precision="bf16")
+def test_draw_in_bf16(pipe: Markup2ImPipeline) -> None:
+    images = pipe(["x", r"\alpha"], sampler="ddim", steps=3, precision="bf16").images
     assert [im.size for im in images] == [(64, 64), (64, 64)]
     with pytest.raises(ConfigError, match="unknown precision"):
-        model.draw("x", steps=2, precision="half")
+        pipe("x", steps=2, precision="half")
 
 
-def test_from_config_passes_the_end_rule_to_the_encoder():
-    single = Markup2ImModel.from_config(
-        model_preset="tiny", encoder="offline", height=64, width=64, channels=1
-    )
-    original = Markup2ImModel.from_config(
-        model_preset="tiny", encoder="offline", height=64, width=64, channels=1,
-        end_rule="original",
-    )  # fmt: skip
-    assert (single.encoder.end_rule, original.encoder.end_rule) == ("single", "original")
-    ids, mask = original.encoder.tokenize(["ab"])
-    # ByT5 appends its own </s> and the original's rule appends encode("</s>")[0] = </s> again
-    assert ids[0, : int(mask[0].sum())].tolist()[-2:] == [1, 1]
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"seed": True}, "seed must be an integer >= 0"),
+        ({"seed": 1.5}, "seed must be an integer >= 0"),
+        ({"seed": [1]}, "2 markups but 1 seeds"),
+        ({"indices": [0, 1, 2]}, "3 indices"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"frames_every": -1}, "frames_every >= 0"),
+        ({"frames_every": 1, "frames_for": [True]}, "frames_for has 1 entries"),
+        ({"sampler": "euler"}, "unknown sampler"),
+        ({"steps": 0}, "num_inference_steps must lie in 1..1000"),
+    ],
+)
+def test_bad_settings_are_config_errors(pipe: Markup2ImPipeline, settings, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        pipe(["x", "y"], **{"steps": 2, **settings})
+
+
+def test_devices() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_step_bar_follows_the_progress(capsys) -> None:
+    with StepBar("draw ddim") as bar:
+        bar(1, 3)
+        bar(3, 3)
+        assert bar.bar.n == 3 and bar.bar.total == 3
+    assert "draw ddim" in capsys.readouterr().err

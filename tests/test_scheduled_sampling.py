@@ -60,11 +60,11 @@ def test_ramp_weights_at_start_middle_end() -> None:
     assert config.weights(0.5) == pytest.approx((0.55, 0.3, 0.15))
     assert config.weights(1.0) == pytest.approx((0.2, 0.5, 0.3))
     assert config.probability(0.5) == pytest.approx(0.45)
-    paper = ScheduledSamplingConfig.for_method("scheduled_sampling")
+    paper = ScheduledSamplingConfig.from_settings()
     assert paper.weights(0.0) == pytest.approx((1.0, 0.0))
     assert paper.weights(0.5) == pytest.approx((0.6, 0.4))
     assert paper.weights(1.0) == pytest.approx((0.2, 0.8))
-    baseline = ScheduledSamplingConfig.for_method("baseline")
+    baseline = ScheduledSamplingConfig.baseline()
     assert baseline.weights(1.0) == (1.0, 0.0)
 
 
@@ -80,13 +80,6 @@ def test_ramp_weights_at_start_middle_end() -> None:
 def test_invalid_weights_raise_config_error(kwargs: dict) -> None:
     with pytest.raises(ConfigError, match="scheduled sampling"):
         ScheduledSamplingConfig(**kwargs)
-
-
-def test_baseline_with_weights_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="baseline"):
-        ScheduledSamplingConfig.for_method("baseline", end=[0.8])
-    with pytest.raises(ConfigError, match="unknown training method"):
-        ScheduledSamplingConfig.for_method("teacher_forcing")
 
 
 def test_draw_m_follows_weights() -> None:
@@ -111,8 +104,8 @@ def test_m0_loss_equals_baseline_loss_on_same_noise() -> None:
     assert len(model.calls) == 2  # no rollout call for m = 0
 
     # At p = 0 scheduled sampling (weight 0 for m = 1) is the baseline, draw for draw.
-    ss = ScheduledSamplingConfig.for_method("scheduled_sampling")
-    base = ScheduledSamplingConfig.for_method("baseline")
+    ss = ScheduledSamplingConfig.from_settings()
+    base = ScheduledSamplingConfig.baseline()
     for seed in range(5):
         a = prepare_step(model, schedule, ss, x0, 0.0, torch.Generator().manual_seed(seed))
         b = prepare_step(model, schedule, base, x0, 0.7, torch.Generator().manual_seed(seed))
@@ -334,12 +327,10 @@ def test_weighted_loss_weighs_each_example() -> None:
 
 
 def test_min_t_zero_means_no_guard() -> None:
-    assert ScheduledSamplingConfig.for_method("scheduled_sampling", min_t=0).min_t is None
-    assert ScheduledSamplingConfig.for_method("scheduled_sampling", min_t=50).min_t == 50
+    assert ScheduledSamplingConfig.from_settings(min_t=0).min_t is None
+    assert ScheduledSamplingConfig.from_settings(min_t=50).min_t == 50
     schedule, model, x0 = schedule_of(), TinyEps(), gold(batch=16)
-    config = ScheduledSamplingConfig.for_method(
-        "scheduled_sampling", start=(1.0,), end=(1.0,), min_t=0
-    )
+    config = ScheduledSamplingConfig.from_settings(start=(1.0,), end=(1.0,), min_t=0)
     # a seed whose batch holds a t = 0: the rollout still happens
     for seed in range(2000):
         t = torch.randint(0, 1000, (16,), generator=torch.Generator().manual_seed(seed))

@@ -17,7 +17,8 @@ def train_tiny_model(root: Path) -> Path:
     tests/test_learning.py checks that a model learns.
     """
     from markup2im.data.datasets import build_dataset
-    from markup2im.training import TrainConfig, train
+    from markup2im.training.config import TrainConfig
+    from markup2im.training.trainer import train
 
     build_dataset(
         "math", root / "data", synthetic=True, difficulty="simple", train=6, validation=1,

@@ -2,7 +2,7 @@
 
 A Gradio page with a text box (and a few example markups of the model's domain from its seeded
 generator), sampler, steps and seed, and a Draw button. For each request it shows side by side
-the model's image (:meth:`markup2im.pipeline.Markup2ImModel.draw`), the domain's real renderer's
+the model's image (:class:`markup2im.pipeline.Markup2ImPipeline`), the domain's real renderer's
 image of the same markup at the model's size (sandboxed like every rendering), their DTW and
 SSIM, and the denoising animation. Markup the renderer rejects shows the renderer's error in
 the page; the model still draws it.
@@ -32,6 +32,11 @@ from typing import Any
 from PIL import Image
 
 from markup2im.errors import ConfigError, Markup2ImError, MissingDependencyError
+from markup2im.figures.gif import frames_gif
+from markup2im.figures.images import enlarge, upscale_factor
+from markup2im.model import MODEL_RECORD, Markup2ImModel
+from markup2im.names import DEFAULT_STEPS, SAMPLERS, frames_every
+from markup2im.pipeline import Markup2ImPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +87,6 @@ def model_domain(model_dir: str | os.PathLike[str], override: str | None = None)
     that contradicts the record is a ConfigError.
     """
     from markup2im.original import PROVENANCE_FILE
-    from markup2im.pipeline import MODEL_RECORD
     from markup2im.presets import get_domain
 
     recorded, source = None, None
@@ -106,11 +110,16 @@ class Demo:
     """A loaded model, its domain, and the comparison of its images with the renderer's."""
 
     def __init__(
-        self, model: Any, domain: str, workdir: str | os.PathLike[str], render_timeout: float = 30
+        self,
+        pipe: Markup2ImPipeline,
+        domain: str,
+        workdir: str | os.PathLike[str],
+        render_timeout: float = 30,
     ) -> None:
         from markup2im.presets import get_domain
 
-        self.model = model
+        self.pipe = pipe
+        self.model: Markup2ImModel = pipe.model
         self.spec = get_domain(domain)
         self.workdir = Path(workdir)
         self.render_timeout = render_timeout
@@ -127,10 +136,8 @@ class Demo:
         device: str = "auto",
     ) -> Demo:
         """Load the model of ``model_dir`` (ModelError when missing or damaged)."""
-        from markup2im.drawing import load_model
-
-        model = load_model(model_dir, device)
-        return cls(model, model_domain(model_dir, domain), workdir)
+        pipe = Markup2ImPipeline.from_pretrained(model_dir, device=device)
+        return cls(pipe, model_domain(model_dir, domain), workdir)
 
     @property
     def renderer(self) -> str:
@@ -231,25 +238,31 @@ class Demo:
     def _draw(
         self, result: Comparison, sampler: str, steps: int | None, seed: int, report: Progress
     ) -> None:
-        from markup2im.drawing import gif_every
-        from markup2im.visualize import frames_gif
-
-        images, frames = self.model.draw(
-            [result.markup],
+        drawing = self.pipe(
+            result.markup,
             sampler=sampler,
             steps=steps,
             seed=seed,
-            frames=True,
-            frames_every=gif_every(self.model, sampler, steps),
-            progress=lambda done, total: report(done / total, "denoising"),
+            frames_every=frames_every(self.pipe.num_steps(sampler, steps)),
+            progress=DenoisingProgress(report),
         )
-        result.image = images[0]
+        result.image = drawing.images[0]
         number = next(self._count)
         gif = self.workdir / f"denoising-{number:06d}.gif"
-        frames_gif(frames[0], gif)
+        frames_gif(drawing.frames[0], gif)
         result.animation = gif
         old = self.workdir / f"denoising-{number - KEPT_GIFS:06d}.gif"
         old.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class DenoisingProgress:
+    """A pipeline's (steps done, steps in all) as the page's (fraction, "denoising")."""
+
+    report: Progress
+
+    def __call__(self, done: int, total: int) -> None:
+        self.report(done / total, "denoising")
 
 
 # ----------------------------------------------------------------------------- the page
@@ -268,8 +281,6 @@ def import_gradio() -> Any:
 
 def _display(image: Image.Image | None) -> Image.Image | None:
     """Small images enlarged (nearest neighbour) so that the page shows them crisply."""
-    from markup2im.visualize import enlarge, upscale_factor
-
     return None if image is None else enlarge(image, upscale_factor(image.size))
 
 
@@ -299,8 +310,6 @@ def status_html(result: Comparison, renderer: str) -> str:
 
 def build_app(demo: Demo) -> Any:
     """The Gradio Blocks of the page (queued: one request at a time)."""
-    from markup2im.sampling import DEFAULT_STEPS, SAMPLERS
-
     gr = import_gradio()
     train_steps = int(demo.model.scheduler_config.get("num_train_timesteps", 1000))
 

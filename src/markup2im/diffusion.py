@@ -31,8 +31,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from markup2im.errors import ConfigError
-
-PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
+from markup2im.names import PREDICTION_TYPES
 
 
 def check_prediction_type(prediction_type: str) -> str:

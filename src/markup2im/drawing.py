@@ -1,8 +1,10 @@
 """Drawing markup with a trained model into files: what ``markup2im draw`` runs.
 
-The sampling itself is :meth:`markup2im.pipeline.Markup2ImModel.draw` (also the Python API and
+The drawing itself is :class:`markup2im.pipeline.Markup2ImPipeline` (also the Python API and
 what the web demo calls); this module loads the model, shows a progress bar over the denoising
-steps and writes PNGs, GIFs and, for a markup file, ``manifest.csv``.
+steps and writes PNGs, GIFs and, for a markup file, ``manifest.csv``. Markup ``i`` of a file is
+drawn as a single markup with seed ``seed + i`` (example 0 of that seed), so ``markup2im draw
+--seed`` with the manifest's seed redraws one line alone.
 """
 
 from __future__ import annotations
@@ -11,20 +13,27 @@ import csv
 import io
 import logging
 import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
+from markup2im.atomic import save_image, write_text
+from markup2im.data.markup_files import MarkupFile, read_markup_file
+from markup2im.data.render import assign_filenames
 from markup2im.errors import DataError
+from markup2im.figures.gif import frames_gif
+from markup2im.model import Markup2ImModel
+from markup2im.names import frames_every
+from markup2im.pipeline import Markup2ImPipeline, Progress, StepBar
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("index", "line", "filename", "seed", "truncated_tokens", "error", "markup")
-GIF_FRAMES = 50  # about this many frames in a denoising GIF, whatever the number of steps
-CHUNK = 64  # markups of a file drawn (and held in memory) at once
+# markups of a file drawn (and held in memory) at once; batches never straddle two chunks
+CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -38,43 +47,19 @@ class Written:
         return f"{self.path}: {self.what}"
 
 
-def load_model(model_dir: str | os.PathLike[str], device: str = "auto"):
-    """The model of ``model_dir`` on ``device`` (auto: CUDA when available)."""
-    from markup2im.pipeline import Markup2ImModel
-    from markup2im.sampling import resolve_device
+@dataclass(frozen=True)
+class ChunkProgress:
+    """The progress of one chunk's call as steps of the whole file's."""
 
-    return Markup2ImModel.from_pretrained(model_dir, device=resolve_device(device))
+    progress: Progress
+    offset: int  # steps of the chunks before
+    total: int  # steps of the whole file
 
-
-def gif_every(model, sampler: str, steps: int | None) -> int:
-    """Keep every k-th step's frame so that a GIF has about ``GIF_FRAMES`` frames."""
-    from markup2im.sampling import make_scheduler
-
-    total = len(make_scheduler(sampler, model.scheduler_config, steps).timesteps)
-    return max(1, total // GIF_FRAMES)
+    def __call__(self, done: int, _total: int) -> None:
+        self.progress(self.offset + done, self.total)
 
 
-@contextmanager
-def step_bar(desc: str) -> Iterator[Callable[[int, int], None]]:
-    """A tqdm bar over denoising steps, as a ``progress(done, total)`` callback."""
-    from tqdm.auto import tqdm
-
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
-        bar.update(done - bar.n)
-
-    try:
-        yield update
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _describe(image, sampler: str, steps: int, seed: int) -> str:
+def _describe(image: Image.Image, sampler: str, steps: int, seed: int) -> str:
     return f"{image.width}x{image.height} {image.mode} image, {sampler} {steps} steps, seed {seed}"
 
 
@@ -94,33 +79,29 @@ def draw_one(
     device: str = "auto",
 ) -> list[Written]:
     """Draw one markup into the PNG ``output`` (and its denoising into the GIF ``gif``)."""
-    from markup2im.atomic import save_image
-    from markup2im.sampling import make_scheduler
-    from markup2im.visualize import frames_gif
-
     if not markup.strip():
         raise DataError("the markup to draw is empty")
     for path, suffix in ((output, ".png"), (gif, ".gif")):
         if path is not None and Path(path).suffix.lower() != suffix:
             raise DataError(f"{path}: give a file name that ends in {suffix}")
-    model = load_model(model_dir, device)
-    n_steps = len(make_scheduler(sampler, model.scheduler_config, steps).timesteps)
-    with step_bar(f"draw {sampler}") as progress:
-        result = model.draw(
-            [markup],
+    pipe = Markup2ImPipeline.from_pretrained(model_dir, device=device)
+    n_steps = pipe.num_steps(sampler, steps)
+    with StepBar(f"draw {sampler}") as progress:
+        drawing = pipe(
+            markup,
             sampler=sampler,
             steps=steps,
             seed=seed,
-            frames=gif is not None,
-            frames_every=gif_every(model, sampler, steps),
+            frames_every=frames_every(n_steps) if gif is not None else 0,
             progress=progress,
         )
-    images, frames = result if gif is not None else (result, None)
-    save_image(images[0], output)
-    what = f"{_describe(images[0], sampler, n_steps, seed)} of {_preview(markup)}"
-    written = [Written(Path(output), what)]
+    image = drawing.images[0]
+    save_image(image, output)
+    written = [
+        Written(Path(output), f"{_describe(image, sampler, n_steps, seed)} of {_preview(markup)}")
+    ]
     if gif is not None:
-        count = frames_gif(frames[0], gif)
+        count = frames_gif(drawing.frames[0], gif)
         written.append(Written(Path(gif), f"denoising GIF, {count} frames"))
     return written
 
@@ -145,60 +126,107 @@ def draw_file(
     drawn; ``manifest.csv`` lists every markup with its line, file, seed, the tokens cut from it
     (beyond the model's limit) and its error.
     """
-    from markup2im.atomic import save_image, write_text
-    from markup2im.data.markup_files import read_markup_file
-    from markup2im.data.render import assign_filenames
-    from markup2im.sampling import make_scheduler
-    from markup2im.visualize import frames_gif
-
     source = read_markup_file(markup_file)
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"output directory {out} is a file")
-    model = load_model(model_dir, device)
+    pipe = Markup2ImPipeline.from_pretrained(model_dir, device=device)
     names = assign_filenames(source.markups)
-    cut = model.encoder.overflow(source.markups)
-    n_steps = len(make_scheduler(sampler, model.scheduler_config, steps).timesteps)
-    every = gif_every(model, sampler, steps)
+    cut = pipe.model.encoder.overflow(source.markups)
+    n_steps = pipe.num_steps(sampler, steps)
     out.mkdir(parents=True, exist_ok=True)
+    paths = [out / name for name in names]
+    written = _draw_chunks(
+        pipe, source, paths, gifs=gifs, sampler=sampler, steps=steps, seed=seed,
+        batch_size=batch_size,
+    )  # fmt: skip
+    manifest = out / MANIFEST
+    write_text(manifest, manifest_csv(source, names, cut, seed))
     count = len(source.markups)
-    batches_before = 0
-    written: list[Written] = []
-    with step_bar(f"draw {sampler}") as progress:
-        total = n_steps * sum(
-            -(-min(CHUNK, count - start) // batch_size) for start in range(0, count, CHUNK)
+    drawn = count - len(source.errors)
+    written.append(
+        Written(
+            manifest,
+            f"manifest: {drawn} of {count} markups drawn as {images_mode(pipe.model)} images "
+            f"({sampler}, {n_steps} steps, seeds {seed}..{seed + count - 1})",
         )
-        for start in range(0, count, CHUNK):
+    )
+    if any(cut):
+        logger.warning(
+            "%s: %d markups were longer than the model's %d tokens and truncated (by %d tokens at "
+            "most); the manifest's truncated_tokens column says by how many",
+            markup_file,
+            sum(c > 0 for c in cut),
+            pipe.model.encoder.max_length,
+            max(cut),
+        )
+    return written
+
+
+def _draw_chunks(
+    pipe: Markup2ImPipeline,
+    source: MarkupFile,
+    paths: Sequence[Path],
+    *,
+    gifs: bool,
+    sampler: str,
+    steps: int | None,
+    seed: int,
+    batch_size: int,
+) -> list[Written]:
+    """Draw the file's markups CHUNK at a time (line ``i`` as example 0 of ``seed + i``) and
+    write each one's image and GIF to ``paths[i]`` as its chunk is done."""
+    count = len(source.markups)
+    n_steps = pipe.num_steps(sampler, steps)
+    starts = range(0, count, CHUNK)
+    batches = [-(-min(CHUNK, count - start) // batch_size) for start in starts]
+    written: list[Written] = []
+    with StepBar(f"draw {sampler}") as progress:
+        for number, start in enumerate(starts):
             chunk = source.markups[start : start + CHUNK]
-            offset = batches_before * n_steps
-
-            def chunk_progress(done: int, _total: int, offset: int = offset) -> None:
-                progress(offset + done, total)
-
-            result = model.draw(
+            drawing = pipe(
                 chunk,
                 sampler=sampler,
                 steps=steps,
-                seed=seed + start,
-                frames=gifs,
-                frames_every=every,
+                seed=[seed + start + k for k in range(len(chunk))],
+                indices=[0] * len(chunk),
+                frames_every=frames_every(n_steps) if gifs else 0,
                 batch_size=batch_size,
-                progress=chunk_progress,
+                progress=ChunkProgress(
+                    progress, sum(batches[:number]) * n_steps, sum(batches) * n_steps
+                ),
             )
-            batches_before += -(-len(chunk) // batch_size)
-            images, frames = result if gifs else (result, None)
-            for k, image in enumerate(images):
+            for k, image in enumerate(drawing.images):
+                frames = drawing.frames[k] if gifs else None
                 i = start + k
-                if i in source.errors:
-                    continue
-                path = out / names[i]
-                save_image(image, path)
-                what = f"line {source.lines[i]}, seed {seed + i}: {_preview(source.markups[i])}"
-                written.append(Written(path, what))
-                if frames is not None:
-                    gif = path.with_suffix(".gif")
-                    frames_gif(frames[k], gif)
-                    written.append(Written(gif, f"denoising GIF of line {source.lines[i]}"))
+                written += _write_drawn(source, i, image, frames, paths[i], seed)
+    return written
+
+
+def _write_drawn(
+    source: MarkupFile,
+    i: int,
+    image: Image.Image,
+    frames: Sequence[Image.Image] | None,
+    path: Path,
+    seed: int,
+) -> list[Written]:
+    """Write markup ``i``'s image (and GIF) unless its line could not be read."""
+    if i in source.errors:
+        return []
+    save_image(image, path)
+    written = [
+        Written(path, f"line {source.lines[i]}, seed {seed + i}: {_preview(source.markups[i])}")
+    ]
+    if frames is not None:
+        gif = path.with_suffix(".gif")
+        frames_gif(frames, gif)
+        written.append(Written(gif, f"denoising GIF of line {source.lines[i]}"))
+    return written
+
+
+def manifest_csv(source: MarkupFile, names: Sequence[str], cut: Sequence[int], seed: int) -> str:
+    """manifest.csv: every markup of the file with its line, file, seed, cut tokens, error."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
@@ -207,29 +235,9 @@ def draw_file(
         writer.writerow(
             [i, source.lines[i], "" if error else names[i], seed + i, cut[i], error, markup]
         )
-    manifest = out / MANIFEST
-    write_text(manifest, buffer.getvalue())
-    drawn = count - len(source.errors)
-    written.append(
-        Written(
-            manifest,
-            f"manifest: {drawn} of {count} markups drawn as {images_mode(model)} images "
-            f"({sampler}, {n_steps} steps, seeds {seed}..{seed + count - 1})",
-        )
-    )
-    truncated = sum(c > 0 for c in cut)
-    if truncated:
-        logger.warning(
-            "%s: %d markups were longer than the model's %d tokens and truncated (by %d tokens at "
-            "most); the manifest's truncated_tokens column says by how many",
-            markup_file,
-            truncated,
-            model.encoder.max_length,
-            max(cut),
-        )
-    return written
+    return buffer.getvalue()
 
 
-def images_mode(model) -> str:
+def images_mode(model: Markup2ImModel) -> str:
     """'WxH L' or 'WxH RGB': the size and colour mode of the model's images."""
     return f"{model.width}x{model.height} {'L' if model.channels == 1 else 'RGB'}"

@@ -36,8 +36,8 @@ import torch
 
 from markup2im.atomic import write_json
 from markup2im.errors import ModelError
+from markup2im.model import Markup2ImModel
 from markup2im.models.denoiser import MarkupUNet
-from markup2im.pipeline import Markup2ImModel
 from markup2im.presets import get_domain, get_model_preset
 
 logger = logging.getLogger(__name__)

@@ -1,334 +1,280 @@
-"""The whole markup-to-image model: frozen encoder, denoiser, noise schedule, and its directory.
+"""Markup in, images (and frames) out: the one path that ``draw``, the demo and ``generate`` share.
 
-Saved layout (``Markup2ImModel.save_pretrained(directory)``, written atomically)::
+::
 
-    directory/
-      markup2im_model.json         height, width, channels, model preset, encoder name,
-                                   max markup length, format version
-      denoiser/                    config.json + diffusion_pytorch_model.safetensors (diffusers)
-      encoder/                     config.json + model.safetensors, tokenizer files,
-                                   markup2im_encoder.json (transformers; the record lists
-                                   every file written, and loading requires each)
-      scheduler/scheduler_config.json   DDPMScheduler config (1000 steps, linear betas, epsilon)
+    from markup2im.pipeline import Markup2ImPipeline
 
-The encoder is saved with the model (even the hub ones), so a trained model directory is complete
-and loads without network access. Reloading gives bit-identical outputs.
+    pipe = Markup2ImPipeline.from_pretrained("results/math/scheduled_sampling/train/model")
+    drawing = pipe([r"x^2+3-y_1=n", r"\\frac{1}{y}"], sampler="ddim", steps=10, seed=0)
+    drawing.images[0].save("out.png")
+
+The seeding rule, the only one: the image of example ``index`` under ``seed`` comes from the noise
+of :func:`markup2im.sampling.example_seed` ``(seed, index)``. Markup ``k`` of a call is example
+``indices[k]`` (default: ``k``) under ``seed``, so an example gets the same noise drawn alone
+(``indices=[k]``), in a batch, or in a split by ``markup2im generate`` (where the index is the
+example's in the split), and on the CPU in fp32 the same image up to the denoiser's batch
+invariance (1e-5 before rounding to pixels; see :mod:`markup2im.sampling`). One markup drawn with
+seed ``s`` is example 0 of ``s``; markup ``i`` of a list drawn with seed ``s`` is example ``i`` of
+``s``. ``seed`` may also give one seed per markup (``markup2im draw --markup-file`` draws line
+``i`` as example 0 of ``seed + i``, the image of a single draw with that seed).
+
+Layers: :mod:`markup2im.model` (the saved model) <- :mod:`markup2im.sampling` (the loops) <- this
+module <- the jobs (:mod:`markup2im.generate`, :mod:`markup2im.drawing`, :mod:`markup2im.demo`)
+<- :mod:`markup2im.cli`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import math
+import numbers
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
 
 import torch
-from diffusers import DDPMScheduler
-from torch import nn
+from PIL import Image
 
-from markup2im.atomic import atomic_dir, write_json
-from markup2im.diffusion import check_prediction_type, plain_config
-from markup2im.errors import ModelError
-from markup2im.models.denoiser import MarkupUNet
-from markup2im.models.encoder import MarkupEncoder, missing_encoder_files
-from markup2im.presets import get_model_preset
+from markup2im.errors import ConfigError
+from markup2im.images import tensor_to_image
+from markup2im.model import Markup2ImModel
+from markup2im.sampling import (
+    check_precision,
+    example_seed,
+    frame_steps,
+    num_steps,
+    sample,
+    use_channels_last,
+)
 
-if TYPE_CHECKING:
-    from PIL import Image
+Progress = Callable[[int, int], None]
+"""Called with (denoising steps done, steps in all) after every step of a call."""
 
-logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-MODEL_RECORD = "markup2im_model.json"
-DENOISER_DIR = "denoiser"
-ENCODER_DIR = "encoder"
-SCHEDULER_DIR = "scheduler"
-DENOISER_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
-SCHEDULER_FILES = ("scheduler_config.json",)
-
-# The paper's DDPM: 1000 steps, linear betas 1e-4..0.02, epsilon prediction; sampling clips x0.
-DEFAULT_SCHEDULER_CONFIG: dict = {
-    "num_train_timesteps": 1000,
-    "beta_start": 1e-4,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "prediction_type": "epsilon",
-    "variance_type": "fixed_small",
-    "clip_sample": True,
-    "clip_sample_range": 1.0,
-}
+FrameSink = Callable[[int, int, Image.Image], None]
+"""Called with (markup number in the call, step index, frame) as each frame is made."""
 
 
-class Markup2ImModel(nn.Module):
-    """Encoder + denoiser + noise-schedule config; only the denoiser is trained."""
+@dataclass
+class Drawing:
+    """What a call (or one batch of it) drew."""
 
-    def __init__(
-        self,
-        denoiser: MarkupUNet,
-        encoder: MarkupEncoder,
-        *,
-        height: int,
-        width: int,
-        channels: int,
-        model_preset: str,
-        max_markup_length: int,
-        scheduler_config: dict | None = None,
-        domain: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self.encoder = encoder
-        self.height, self.width, self.channels = height, width, channels
-        self.model_preset = model_preset
-        self.max_markup_length = max_markup_length
-        self.scheduler_config = plain_config(scheduler_config or DEFAULT_SCHEDULER_CONFIG)
-        self.domain = domain  # the markup domain it was trained on, when known
+    images: list[Image.Image] = field(default_factory=list)  # one per markup
+    # per markup, the clipped x0 prediction of each step of ``frame_steps`` ([] without frames,
+    # for markups that ``frames_for`` leaves out, and when an ``on_frame`` sink took them)
+    frames: list[list[Image.Image]] = field(default_factory=list)
+    frame_steps: list[int] = field(default_factory=list)  # denoising steps of the frames, from 0
+    start: int = 0  # the number in the call of the first markup drawn here
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+class Markup2ImPipeline:
+    """A model and the one way of drawing markup with it."""
+
+    def __init__(self, model: Markup2ImModel, *, channels_last: bool = False) -> None:
+        """``channels_last`` stores the denoiser's weights NHWC and feeds it NHWC samples (GPUs:
+        faster; the same images to 1e-4)."""
+        self.model = model
+        self.channels_last = channels_last
+        if channels_last:
+            use_channels_last(model)
 
     @classmethod
-    def from_config(
+    def from_pretrained(
         cls,
+        directory: str | os.PathLike[str],
         *,
-        model_preset: str,
-        encoder: str,
-        height: int,
-        width: int,
-        channels: int,
-        max_markup_length: int | None = None,
-        prediction_type: str = "epsilon",
-        end_rule: str | None = None,
-    ) -> Markup2ImModel:
-        """A freshly initialised model (denoiser from the current torch seed).
+        device: str | torch.device = "auto",
+        channels_last: bool = False,
+    ) -> Markup2ImPipeline:
+        """The pipeline of a saved model directory on ``device`` (auto: CUDA when available)."""
+        model = Markup2ImModel.from_pretrained(directory, device=resolve_device(device))
+        return cls(model, channels_last=channels_last)
 
-        ``max_markup_length`` None takes the preset's default (paper 1024). The denoiser's
-        text-position tables hold ``max_markup_length + 1`` rows (markup tokens + end token).
-        ``prediction_type`` (epsilon, the paper's; v_prediction; sample) is what the denoiser
-        outputs; it is saved in the scheduler config, which every sampler reads.
-        ``end_rule`` (``original``, ``single``; None: the encoder's default) says how a markup's
-        token ids end: see :mod:`markup2im.models.encoder`.
-        """
-        preset = get_model_preset(model_preset)
-        preset.check_image_size(height, width)
-        length = preset.max_markup_length if max_markup_length is None else int(max_markup_length)
-        enc = MarkupEncoder.load(encoder, length, end_rule=end_rule)
-        denoiser = MarkupUNet.from_preset(
-            preset,
-            height=height,
-            width=width,
-            channels=channels,
-            cross_attention_dim=enc.hidden_size,
-            max_text_positions=length + 1,
-        )
-        return cls(
-            denoiser,
-            enc,
-            height=height,
-            width=width,
-            channels=channels,
-            model_preset=model_preset,
-            max_markup_length=length,
-            scheduler_config={
-                **DEFAULT_SCHEDULER_CONFIG,
-                "prediction_type": check_prediction_type(prediction_type),
-            },
-        )
+    def num_steps(self, sampler: str, steps: int | None = None) -> int:
+        """Denoising steps of ``sampler`` with ``steps`` (None: the sampler's default)."""
+        return num_steps(sampler, self.model.scheduler_config, steps)
 
-    # -- use ------------------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
-
-    def encode(self, markups: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden states (B, L, D) and bool mask (B, L) of the markups, on the model's device.
-
-        Gradients reach the encoder only when it is trainable and gradients are enabled.
-        """
-        with torch.set_grad_enabled(self.encoder.trainable and torch.is_grad_enabled()):
-            hidden, mask = self.encoder(markups)
-        device = self.device
-        return hidden.to(device), mask.to(device)
-
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timesteps: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Predicted noise for ``sample`` (B, C, H, W) at ``timesteps`` (B,)."""
-        return self.denoiser(sample, timesteps, encoder_hidden_states, encoder_attention_mask)
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The denoiser's parameters, then the encoder's when it is trainable."""
-        yield from self.denoiser.parameters()
-        if self.encoder.trainable:
-            yield from self.encoder.parameters()
-
-    def train(self, mode: bool = True) -> Markup2ImModel:
-        """Set the denoiser's mode; the encoder stays in eval mode."""
-        super().train(mode)
-        self.encoder.train(False)
-        return self
-
-    def noise_scheduler(self) -> DDPMScheduler:
-        """A new DDPMScheduler built from ``scheduler_config``."""
-        return DDPMScheduler.from_config(self.scheduler_config)
-
-    def draw(
+    def __call__(
         self,
         markups: str | Sequence[str],
         *,
         sampler: str = "ddim",
         steps: int | None = None,
-        seed: int = 0,
-        frames: bool = False,
-        frames_every: int = 1,
+        seed: int | Sequence[int] = 0,
+        indices: Sequence[int] | None = None,
+        frames_every: int = 0,
+        frames_for: Sequence[bool] | None = None,
+        on_frame: FrameSink | None = None,
         batch_size: int = 16,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None,
         precision: str = "fp32",
-    ) -> list[Image.Image] | tuple[list[Image.Image], list[list[Image.Image]]]:
-        """Draw images of ``markups`` (one string or a list) at the model's size and colour mode.
+    ) -> Drawing:
+        """Draw ``markups`` (one string or a list) at the model's size and colour mode.
 
         ``sampler`` is ddpm, ddim or dpmsolver++, ``steps`` its number of denoising steps (None:
-        the sampler's default). Markup ``i`` of the list is drawn from the noise of seed
-        ``seed + i``: a list gives the same images as one call per markup with seeds seed,
-        seed + 1, ..., whatever ``batch_size`` (markups sampled together). With ``frames``, also
-        returns each markup's denoising frames (the clipped x0 prediction of every
-        ``frames_every``-th step and of the last step). ``progress`` is called with (steps done,
-        steps in all) after every denoising step. Markup longer than the model's limit is
-        truncated; the encoder logs a warning that says by how many tokens. ``precision``
-        ``bf16`` runs the denoiser under bf16 autocast (faster on GPUs, close to but not
-        bit-identical with fp32; see :mod:`markup2im.sampling`).
+        the sampler's default). Markup ``k`` is example ``indices[k]`` (default ``k``) of
+        ``seed`` (or of ``seed[k]``, one seed per markup): the module docstring's seeding rule,
+        whatever ``batch_size`` (markups sampled together). ``frames_every`` k > 0 also keeps
+        each markup's denoising frames (the clipped x0 prediction of every k-th step and of the
+        last step), of the markups that ``frames_for`` marks (default: all); ``on_frame`` takes
+        them as they come instead of the result keeping them. ``progress`` is called with
+        (steps done, steps in all) after every step. Markup longer than the model's limit is
+        truncated (the encoder logs by how many tokens). ``precision`` ``bf16`` runs the
+        denoiser under bf16 autocast (close to but not bit-identical with fp32).
         """
-        from markup2im.errors import ConfigError
-        from markup2im.images import tensor_to_image
-        from markup2im.sampling import check_precision, example_generators, make_scheduler, sample
+        drawn = Drawing()
+        for batch in self.batches(
+            markups,
+            sampler=sampler,
+            steps=steps,
+            seed=seed,
+            indices=indices,
+            frames_every=frames_every,
+            frames_for=frames_for,
+            on_frame=on_frame,
+            batch_size=batch_size,
+            progress=progress,
+            precision=precision,
+        ):
+            drawn.images += batch.images
+            drawn.frames += batch.frames
+            drawn.frame_steps = batch.frame_steps
+        return drawn
 
+    def batches(
+        self,
+        markups: str | Sequence[str],
+        *,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        seed: int | Sequence[int] = 0,
+        indices: Sequence[int] | None = None,
+        frames_every: int = 0,
+        frames_for: Sequence[bool] | None = None,
+        on_frame: FrameSink | None = None,
+        batch_size: int = 16,
+        progress: Progress | None = None,
+        precision: str = "fp32",
+    ) -> Iterator[Drawing]:
+        """What :meth:`__call__` draws, one batch of ``batch_size`` markups at a time (its
+        ``start`` says where in ``markups``): for jobs that write files as they go."""
+        # 1. the markups, each one's noise, and the settings
         items = [markups] if isinstance(markups, str) else [str(m) for m in markups]
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
-        if batch_size < 1 or frames_every < 1:
+        noise = _noise_seeds(len(items), seed, indices)
+        if batch_size < 1 or frames_every < 0:
             raise ConfigError(
-                f"batch_size and frames_every must be >= 1, got {batch_size}, {frames_every}"
+                f"batch_size must be >= 1 and frames_every >= 0, got {batch_size}, {frames_every}"
             )
         check_precision(precision)
-        per_batch = len(make_scheduler(sampler, self.scheduler_config, steps).timesteps)
-        total = per_batch * -(-len(items) // batch_size)
-        images: list[Image.Image] = []
-        kept: list[list[Image.Image]] = [[] for _ in items]
-        done = 0
-
-        def step_done() -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total)
-
-        was_training = self.training
-        self.eval()
+        per_batch = self.num_steps(sampler, steps)
+        kept_steps = sorted(frame_steps(per_batch, frames_every))
+        wanted = [True] * len(items) if frames_for is None else list(frames_for)
+        if len(wanted) != len(items):
+            raise ConfigError(f"{len(items)} markups but frames_for has {len(wanted)} entries")
+        counter = _StepCounter(progress, per_batch * math.ceil(len(items) / batch_size))
+        # 2. batch by batch in eval mode, the model's mode restored at the end
+        was_training = self.model.training
+        self.model.eval()
         try:
             for start in range(0, len(items), batch_size):
-                batch = items[start : start + batch_size]
-
-                def keep_frame(position: int, step: int, frame: torch.Tensor) -> None:
-                    kept[start + position].append(tensor_to_image(frame))  # noqa: B023
-
-                # seed + i at index 0 of example_generators: the noise of generate's first
-                # example for that seed, and of a one-markup call with it
-                generators = [
-                    example_generators(seed + start + k, [0])[0] for k in range(len(batch))
-                ]
+                batch = slice(start, start + batch_size)
+                frames = _Frames(start, len(items[batch]), on_frame)
                 result = sample(
-                    self,
-                    batch,
-                    generators,
+                    self.model,
+                    items[batch],
+                    [torch.Generator().manual_seed(s) for s in noise[batch]],
                     sampler=sampler,
                     num_inference_steps=steps,
-                    frames_every=frames_every if frames else 0,
-                    on_frame=keep_frame if frames else None,
-                    on_step=step_done,
+                    frames_every=frames_every,
+                    frames_for=wanted[batch],
+                    on_frame=frames if frames_every else None,
+                    on_step=counter,
                     precision=precision,
+                    channels_last=self.channels_last,
                 )
-                images += [tensor_to_image(x) for x in result]
+                images = [tensor_to_image(x) for x in result]
+                yield Drawing(images, frames.kept, kept_steps, start)
         finally:
-            self.train(was_training)
-        return (images, kept) if frames else images
+            self.model.train(was_training)
 
-    def record(self) -> dict:
-        """What markup2im_model.json holds."""
-        return {
-            "format_version": FORMAT_VERSION,
-            "height": self.height,
-            "width": self.width,
-            "channels": self.channels,
-            "model_preset": self.model_preset,
-            "encoder": self.encoder.name,
-            "max_markup_length": self.max_markup_length,
-            "cross_attention_dim": self.encoder.hidden_size,
-            **({"domain": self.domain} if self.domain else {}),
-        }
 
-    # -- directory ------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write the model directory (layout in the module docstring) atomically."""
-        with atomic_dir(directory) as tmp:
-            self.denoiser.save_pretrained(tmp / DENOISER_DIR, safe_serialization=True)
-            (tmp / ENCODER_DIR).mkdir()
-            self.encoder.write_files(tmp / ENCODER_DIR)
-            DDPMScheduler.from_config(self.scheduler_config).save_pretrained(tmp / SCHEDULER_DIR)
-            write_json(tmp / MODEL_RECORD, self.record())
-        logger.info("saved model to %s", directory)
+def _noise_seeds(count: int, seed: int | Sequence[int], indices: Sequence[int] | None) -> list[int]:
+    """The noise seed of each of ``count`` markups: example_seed(its seed, its index)."""
+    seeds = list(seed) if isinstance(seed, Sequence) else [seed] * count
+    positions = list(range(count)) if indices is None else list(indices)
+    if len(seeds) != count or len(positions) != count:
+        raise ConfigError(f"{count} markups but {len(seeds)} seeds and {len(positions)} indices")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {s!r}")
+    return [example_seed(int(s), int(i)) for s, i in zip(seeds, positions, strict=True)]
 
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike[str], device: str | torch.device | None = None
-    ) -> Markup2ImModel:
-        """Load a directory written by :meth:`save_pretrained` (on CPU unless ``device``)."""
-        directory = Path(directory)
-        check_model_dir(directory)
-        record = json.loads((directory / MODEL_RECORD).read_text(encoding="utf-8"))
-        version = record.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ModelError(
-                f"{directory / MODEL_RECORD}: format_version {version!r}, expected {FORMAT_VERSION}"
+
+class _StepCounter:
+    """Counts denoising steps across a call's batches and reports them to a Progress."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+class _Frames:
+    """The frames of one batch as images: kept per markup, or passed on to a sink."""
+
+    def __init__(self, start: int, count: int, sink: FrameSink | None) -> None:
+        self.start, self.sink = start, sink
+        self.kept: list[list[Image.Image]] = [[] for _ in range(count)]
+
+    def __call__(self, position: int, step: int, frame: torch.Tensor) -> None:
+        image = tensor_to_image(frame)
+        if self.sink is None:
+            self.kept[position].append(image)
+        else:
+            self.sink(self.start + position, step, image)
+
+
+class StepBar:
+    """A tqdm bar over denoising steps on stderr, as a :data:`Progress` callback."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: Any = None  # made at the first step, when the total is known
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=self.desc, unit="step", file=sys.stderr, dynamic_ncols=True
             )
-        try:
-            denoiser = MarkupUNet.from_pretrained(directory / DENOISER_DIR, low_cpu_mem_usage=False)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(
-                f"cannot load the denoiser in {directory / DENOISER_DIR}: {exc}"
-            ) from exc
-        encoder = MarkupEncoder.from_pretrained(directory / ENCODER_DIR)
-        scheduler = DDPMScheduler.from_pretrained(directory / SCHEDULER_DIR)
-        model = cls(
-            denoiser,
-            encoder,
-            height=int(record["height"]),
-            width=int(record["width"]),
-            channels=int(record["channels"]),
-            model_preset=str(record["model_preset"]),
-            max_markup_length=int(record["max_markup_length"]),
-            scheduler_config=plain_config(scheduler.config),
-            domain=record.get("domain"),
-        )
-        model.eval()
-        if device is not None:
-            model.to(device)
-        return model
+        self.bar.update(done - self.bar.n)
 
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
-def check_model_dir(directory: Path) -> None:
-    """Raise ModelError naming ``directory`` and every file that loading it needs and it lacks
-    (the encoder's: see :func:`markup2im.models.encoder.missing_encoder_files`)."""
-    if directory.exists() and not directory.is_dir():
-        raise ModelError(f"model directory {directory} is a file, not a directory")
-    if not directory.is_dir():
-        raise ModelError(f"model directory {directory} does not exist")
-    wanted = [MODEL_RECORD]
-    wanted += [f"{DENOISER_DIR}/{f}" for f in DENOISER_FILES]
-    wanted += [f"{SCHEDULER_DIR}/{f}" for f in SCHEDULER_FILES]
-    missing = [w for w in wanted if not (directory / w).is_file()]
-    missing += [f"{ENCODER_DIR}/{f}" for f in missing_encoder_files(directory / ENCODER_DIR)]
-    if missing:
-        raise ModelError(f"model directory {directory} is incomplete: missing {', '.join(missing)}")
+    def __enter__(self) -> StepBar:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

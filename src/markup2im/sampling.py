@@ -7,15 +7,20 @@
   thresholding with a maximum of 1, i.e. clipping; without it an untrained model's output is
   unbounded), default 20 steps.
 
-Every example has its own CPU generator seeded from (seed, index of the example in its split) that
-draws its initial noise and each step's noise, so an image does not depend on the batch size or
-its position in the batch (the original reseeded the same noise for every batch). Frames are the
-clipped x0 predictions of every k-th step (step 0 = first denoising step) plus the last step.
+Every example has its own CPU generator seeded from (seed, index of the example in its split)
+(:func:`example_seed`) that draws its initial noise and each step's noise, so an image does not
+depend on the batch size or its position in the batch (the original reseeded the same noise for
+every batch). Frames are the clipped x0 predictions of every k-th step (step 0 = first denoising
+step) plus the last step.
+
+This module imports no model module: :func:`sample` is given a model (any
+:class:`SamplingModel`) and calls its ``encode`` and its denoiser. Markup in, images out is
+:mod:`markup2im.pipeline`, which calls :func:`sample`.
 
 Speed options: ``precision="bf16"`` runs the denoiser under bf16 autocast (on CPU too; the
 scheduler arithmetic and the returned samples stay fp32); ``channels_last`` stores the denoiser's
 weights and feature maps channels-last (NHWC), which cuDNN's tensor-core convolutions prefer; on
-CUDA ``generate`` also enables TF32 and cuDNN autotuning (:func:`markup2im.cuda.configure_cuda`).
+CUDA :func:`markup2im.generate.generate` also enables TF32 and cuDNN autotuning (:func:`markup2im.cuda.configure_cuda`).
 
 What batch invariance holds:
 
@@ -39,32 +44,41 @@ What batch invariance holds:
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
-import shutil
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from markup2im.atomic import save_image
-from markup2im.cuda import configure_cuda
-from markup2im.data.datasets import load_split, read_dataset_info
 from markup2im.diffusion import NoiseSchedule, plain_config
-from markup2im.errors import ConfigError, DataError
-from markup2im.images import load_image, tensor_to_image
+from markup2im.errors import ConfigError
+from markup2im.names import DEFAULT_STEPS, PRECISIONS, SAMPLERS
 
-logger = logging.getLogger(__name__)
+# the autocast dtype of each of names.PRECISIONS (None: plain fp32)
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++")
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
-DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmsolver++": 20}
+
+class SamplingModel(Protocol):
+    """What the loops need of a model (:class:`markup2im.model.Markup2ImModel` is one)."""
+
+    scheduler_config: dict[str, Any]
+    channels: int
+    height: int
+    width: int
+    denoiser: torch.nn.Module
+
+    def encode(self, markups: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+    ) -> torch.Tensor: ...
+
 
 FrameCallback = Callable[[int, int, torch.Tensor], None]
 """Called with (position in the batch, step index, clipped x0 prediction (C, H, W) on the CPU)."""
@@ -114,8 +128,16 @@ def make_scheduler(
     return scheduler
 
 
+def num_steps(
+    sampler: str, scheduler_config: dict[str, Any], num_inference_steps: int | None = None
+) -> int:
+    """How many denoising steps ``sampler`` takes (``num_inference_steps`` or its default)."""
+    return len(make_scheduler(sampler, scheduler_config, num_inference_steps).timesteps)
+
+
 def example_seed(seed: int, index: int) -> int:
-    """The noise seed of the example at ``index`` of its split."""
+    """The noise seed of example ``index`` under ``seed`` (its index in a split, or in a list
+    of markups drawn together): the one seeding rule of every drawing."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0])
 
 
@@ -130,10 +152,10 @@ def check_precision(precision: str) -> torch.dtype | None:
         raise ConfigError(
             f"unknown precision {precision!r}; known precisions: {', '.join(PRECISIONS)}"
         )
-    return PRECISIONS[precision]
+    return AUTOCAST_DTYPES[precision]
 
 
-def use_channels_last(model: Any) -> None:
+def use_channels_last(model: SamplingModel) -> None:
     """Store the denoiser's 4-D weights channels-last (NHWC); outputs are unchanged."""
     model.denoiser.to(memory_format=torch.channels_last)
 
@@ -147,7 +169,7 @@ def frame_steps(num_steps: int, every: int) -> set[int]:
 
 @torch.no_grad()
 def sample(
-    model: Any,
+    model: SamplingModel,
     markups: Sequence[str],
     generators: Sequence[torch.Generator],
     *,
@@ -200,181 +222,3 @@ def sample(
         if on_step is not None:
             on_step()
     return x.cpu()
-
-
-@dataclass
-class GenerateResult:
-    """What ``generate`` wrote."""
-
-    count: int
-    images_dir: Path
-    gold_dir: Path
-    frames_dir: Path
-    seconds: float
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
-
-
-def generate(
-    model_dir: str | Path,
-    dataset_dir: str | Path,
-    output_dir: str | Path,
-    *,
-    split: str = "test",
-    limit: int | None = None,
-    batch_size: int = 16,
-    sampler: str = "ddpm",
-    num_inference_steps: int | None = None,
-    seed: int = 1234,
-    frames_every: int = 0,
-    frames_for: Sequence[str] | None = None,
-    only: Sequence[str] | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    channels_last: bool = False,
-    tf32: bool = True,
-) -> GenerateResult:
-    """Generate the first ``limit`` examples of a split: images, gold images and frames.
-
-    ``only`` restricts the run to the examples of those filenames (among the first ``limit``).
-    Each example keeps the noise of its index in the split, so its image is the one a full run
-    makes: the workflow draws the denoising frames of a few examples in a job of their own.
-
-    Writes output_dir/images/<filename>, output_dir/gold/<filename> and, with ``frames_every``,
-    output_dir/frames/<stem>/step_<NNNN>.png for the examples named in ``frames_for`` (all
-    generated examples when it is not given). Those three directories are emptied first, once
-    the model and data have loaded, so that images of an earlier run never mix with these.
-
-    ``precision`` (fp32, bf16) and ``channels_last`` are :func:`sample`'s speed options; on CUDA
-    TF32 matmuls and cuDNN autotuning are enabled unless ``tf32`` is false (what batch invariance
-    holds then: the module docstring).
-    """
-    from tqdm.auto import tqdm
-
-    from markup2im.pipeline import Markup2ImModel
-
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {sampler!r}; known samplers: {', '.join(SAMPLERS)}")
-    if batch_size < 1 or (limit is not None and limit < 0) or frames_every < 0:
-        raise ConfigError("generate: batch_size must be >= 1, limit and frames_every >= 0")
-    check_precision(precision)
-    started = time.perf_counter()
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output directory {out} is a file")
-    images_dir, gold_dir, frames_dir = out / "images", out / "gold", out / "frames"
-    info = read_dataset_info(dataset_dir)
-    data = load_split(dataset_dir, split)
-    count = len(data) if limit is None else min(limit, len(data))
-    data = data.select(range(count))
-    filenames = [_safe_name(str(f)) for f in data["filename"]]
-    markups = [str(m) for m in data[info.markup_column]]
-    if len(set(filenames)) != len(filenames):
-        raise DataError(f"{dataset_dir} {split}: duplicate filenames")
-    positions = list(range(count))
-    if only is not None:
-        unknown = sorted(set(only) - set(filenames))
-        if unknown:
-            raise DataError(
-                f"--only names files not among the first {count} {split} examples of "
-                f"{dataset_dir}: {unknown}"
-            )
-        keep = set(only)
-        positions = [i for i, name in enumerate(filenames) if name in keep]
-    filenames_kept = [filenames[i] for i in positions]
-    wanted_frames = set(filenames_kept if frames_for is None else frames_for)
-    missing = sorted(wanted_frames - set(filenames_kept))
-    if frames_every and missing:
-        raise DataError(f"--frames-for names files not among the generated examples: {missing}")
-
-    torch_device = resolve_device(device)
-    if torch_device.type == "cuda":
-        configure_cuda(tf32=tf32)
-    model = Markup2ImModel.from_pretrained(model_dir, device=torch_device)
-    model.eval()
-    if channels_last:
-        use_channels_last(model)
-    if (model.width, model.height, model.channels) != (info.width, info.height, info.channels):
-        raise ConfigError(
-            f"model {model_dir} makes {model.width}x{model.height}x{model.channels} images but "
-            f"dataset {dataset_dir} has {info.width}x{info.height}x{info.channels}"
-        )
-    images = data.select_columns(["image"]).cast_column("image", _undecoded_image())
-    steps = len(make_scheduler(sampler, model.scheduler_config, num_inference_steps).timesteps)
-    for stale in (images_dir, gold_dir, frames_dir):
-        if stale.is_dir():
-            logger.info("removing the earlier %s", stale)
-            shutil.rmtree(stale)
-        elif stale.exists():
-            raise DataError(f"{stale} is a file; generate writes a directory there")
-    logger.info(
-        "generating %d %s images with %s (%d steps) on %s, batch %d, %s%s",
-        len(positions),
-        split,
-        sampler,
-        steps,
-        torch_device,
-        batch_size,
-        precision,
-        ", channels-last" if channels_last else "",
-    )
-    total = math.ceil(len(positions) / batch_size) * steps
-    progress = tqdm(total=total, desc=f"generate {sampler}", unit="step")
-    try:
-        for start in range(0, len(positions), batch_size):
-            indices = positions[start : start + batch_size]
-            names = [filenames[i] for i in indices]
-            for i, name in zip(indices, names, strict=True):
-                gold = load_image(
-                    images[i]["image"],
-                    channels=info.channels,
-                    size=(info.width, info.height),
-                    name=f"{dataset_dir} {split} example {i} ({name})",
-                )
-                save_image(gold, gold_dir / name)
-
-            def write_frame(position: int, step: int, frame: torch.Tensor) -> None:
-                stem = Path(names[position]).stem  # noqa: B023
-                save_image(tensor_to_image(frame), frames_dir / stem / f"step_{step:04d}.png")
-
-            result = sample(
-                model,
-                [markups[i] for i in indices],
-                example_generators(seed, indices),
-                sampler=sampler,
-                num_inference_steps=num_inference_steps,
-                frames_every=frames_every,
-                frames_for=[n in wanted_frames for n in names],
-                on_frame=write_frame if frames_every else None,
-                on_step=lambda: progress.update(1),
-                precision=precision,
-                channels_last=channels_last,
-            )
-            for name, image in zip(names, result, strict=True):
-                save_image(tensor_to_image(image), images_dir / name)
-    finally:
-        progress.close()
-    seconds = time.perf_counter() - started
-    logger.info("wrote %d images to %s in %.1f s", len(positions), images_dir, seconds)
-    return GenerateResult(len(positions), images_dir, gold_dir, frames_dir, seconds)
-
-
-def _safe_name(filename: str) -> str:
-    """The dataset filename as a plain PNG name (no directories)."""
-    name = Path(filename).name
-    if not name or name in (".", ".."):
-        raise DataError(f"invalid filename {filename!r} in dataset")
-    return name if Path(name).suffix.lower() == ".png" else f"{name}.png"
-
-
-def _undecoded_image() -> Any:
-    import datasets
-
-    return datasets.Image(decode=False)

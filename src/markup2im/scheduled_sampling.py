@@ -38,7 +38,6 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """The denoiser ``(x_t, t) -> output`` with the conditioning already bound; the output is the
 noise, v or x0 as the schedule's ``prediction_type`` says."""
 
-METHODS: tuple[str, ...] = ("baseline", "scheduled_sampling")
 DEFAULT_END: tuple[float, ...] = (0.8,)  # paper: P(m = 1) ramps 0 -> 0.8 with M = 1
 
 
@@ -80,26 +79,15 @@ class ScheduledSamplingConfig:
         return cls(max_m=max_m, start=(0.0,) * max_m, end=(0.0,) * max_m)
 
     @classmethod
-    def for_method(
+    def from_settings(
         cls,
-        method: str,
         *,
         max_m: int = 1,
         start: Sequence[float] | None = None,
         end: Sequence[float] | None = None,
         min_t: int | None = None,
     ) -> ScheduledSamplingConfig:
-        """The config of a training method; unset weights take the paper's defaults."""
-        if method not in METHODS:
-            raise ConfigError(f"unknown training method {method!r}; known: {', '.join(METHODS)}")
-        if method == "baseline":
-            given = [w for w in (*(start or ()), *(end or ())) if w != 0]
-            if given:
-                raise ConfigError(
-                    "method baseline trains with scheduled-sampling weights 0; drop --ss-start/"
-                    "--ss-end or use --method scheduled_sampling"
-                )
-            return cls.baseline(max_m)
+        """The weights of the scheduled_sampling method; unset ones take the paper's defaults."""
         if end is None:
             if max_m != 1:
                 raise ConfigError(

@@ -10,7 +10,7 @@ import argparse
 
 from markup2im.cli.paths import output_dir
 from markup2im.cli.render import add_render_options
-from markup2im.presets import DOMAINS
+from markup2im.names import DOMAINS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

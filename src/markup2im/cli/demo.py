@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from markup2im.presets import DOMAINS
+from markup2im.names import DOMAINS
 
 
 def port_number(text: str) -> int:

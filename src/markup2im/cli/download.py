@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Download (or load) the dataset and print its split sizes."""
-    from markup2im.data.datasets import download_dataset
+    from markup2im.data.hub import download_dataset
 
     summary = download_dataset(
         args.dataset,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from markup2im.cli.generate import SAMPLERS
 from markup2im.cli.paths import output_dir, output_file, positive_int
+from markup2im.names import SAMPLERS
 
 
 def non_negative_int(text: str) -> int:

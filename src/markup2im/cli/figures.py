@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from markup2im.cli.paths import output_file
+from markup2im.names import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 
 
 def labelled(value: str) -> tuple[str, str]:
@@ -20,7 +21,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``figures grid|metrics-table|paired|paired-table|metric-plots|loss-curves|html``."""
     parser = subparsers.add_parser("figures", help="report figures and tables", description=__doc__)
     commands = parser.add_subparsers(dest="figures_command", required=True, metavar="KIND")
+    for add in (add_grid, add_table, add_paired, add_paired_table, add_plots, add_curves, add_html):
+        add(commands)
 
+
+def add_grid(commands: argparse._SubParsersAction) -> None:
+    """The sample grid."""
     grid = commands.add_parser("grid", help="sample grid: rows of examples, gold + each method")
     grid.add_argument("--gold-dir", required=True, help="directory of gold images")
     grid.add_argument(
@@ -36,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--scale", type=int, default=None, help="enlargement (default: auto)")
     grid.set_defaults(func=run_grid)
 
+
+def add_table(commands: argparse._SubParsersAction) -> None:
+    """The metrics table."""
     table = commands.add_parser("metrics-table", help="dataset x method table of mean ± std")
     table.add_argument(
         "--summary",
@@ -49,6 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     table.add_argument("--html", type=output_file, default=None, help="also write this HTML page")
     table.set_defaults(func=run_table)
 
+
+def add_paired(commands: argparse._SubParsersAction) -> None:
+    """The paired comparison of two runs."""
     paired = commands.add_parser(
         "paired",
         help="treatment - baseline per image: mean difference, bootstrap interval, win rate",
@@ -64,14 +76,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     paired.add_argument("--html", type=output_file, default=None, help="also write this HTML page")
     paired.add_argument("--title", default=None, help="page title")
     paired.add_argument(
-        "--resamples", type=int, default=10_000, help="bootstrap resamples (default: 10000)"
+        "--resamples",
+        type=int,
+        default=BOOTSTRAP_RESAMPLES,
+        help="bootstrap resamples (default: %(default)s)",
     )
-    paired.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     paired.add_argument(
-        "--confidence", type=float, default=0.95, help="interval coverage (default: 0.95)"
+        "--seed", type=int, default=BOOTSTRAP_SEED, help="bootstrap seed (default: %(default)s)"
+    )
+    paired.add_argument(
+        "--confidence",
+        type=float,
+        default=CONFIDENCE,
+        help="interval coverage (default: %(default)s)",
     )
     paired.set_defaults(func=run_paired)
 
+
+def add_paired_table(commands: argparse._SubParsersAction) -> None:
+    """Every paired comparison in one table."""
     paired_all = commands.add_parser(
         "paired-table", help="every paired comparison (dataset x sampler) in one table"
     )
@@ -89,6 +112,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     paired_all.set_defaults(func=run_paired_table)
 
+
+def add_plots(commands: argparse._SubParsersAction) -> None:
+    """Per-image metric distributions."""
     plots = commands.add_parser("metric-plots", help="per-image metric distributions per method")
     plots.add_argument(
         "--metrics",
@@ -103,6 +129,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     plots.set_defaults(func=run_plots)
 
+
+def add_curves(commands: argparse._SubParsersAction) -> None:
+    """Training-loss curves."""
     curves = commands.add_parser("loss-curves", help="training loss (and ss_prob) against step")
     curves.add_argument(
         "--train-log",
@@ -120,6 +149,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     curves.set_defaults(func=run_curves)
 
+
+def add_html(commands: argparse._SubParsersAction) -> None:
+    """A file wrapped in an HTML page."""
     page = commands.add_parser("html", help="wrap a GIF/PNG or CSV in a self-contained HTML page")
     page.add_argument("--input", required=True, help="GIF, PNG, JPEG, SVG or CSV file")
     page.add_argument("--output", type=output_file, required=True, help="HTML page to write")
@@ -129,7 +161,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_grid(args: argparse.Namespace) -> int:
     """Write the sample grid."""
-    from markup2im.visualize import sample_grid
+    from markup2im.figures.grid import sample_grid
 
     sample_grid(args.gold_dir, args.pred, args.output, limit=args.limit, scale=args.scale)
     return 0
@@ -137,7 +169,7 @@ def run_grid(args: argparse.Namespace) -> int:
 
 def run_table(args: argparse.Namespace) -> int:
     """Write the metrics table."""
-    from markup2im.visualize import metrics_table
+    from markup2im.figures.tables import metrics_table
 
     metrics_table(args.summary, args.output, args.html)
     return 0
@@ -145,7 +177,7 @@ def run_table(args: argparse.Namespace) -> int:
 
 def run_paired(args: argparse.Namespace) -> int:
     """Write the paired comparison of two runs."""
-    from markup2im.compare import compare_runs
+    from markup2im.figures.paired import compare_runs
 
     compare_runs(
         args.baseline,
@@ -162,7 +194,7 @@ def run_paired(args: argparse.Namespace) -> int:
 
 def run_paired_table(args: argparse.Namespace) -> int:
     """Write the table of every paired comparison."""
-    from markup2im.compare import paired_table
+    from markup2im.figures.paired import paired_table
 
     paired_table(args.paired, args.output, args.html)
     return 0
@@ -170,7 +202,7 @@ def run_paired_table(args: argparse.Namespace) -> int:
 
 def run_plots(args: argparse.Namespace) -> int:
     """Write the metric distribution plots."""
-    from markup2im.visualize import metric_plots
+    from markup2im.figures.plots import metric_plots
 
     metric_plots(args.metrics, args.output)
     return 0
@@ -178,7 +210,7 @@ def run_plots(args: argparse.Namespace) -> int:
 
 def run_curves(args: argparse.Namespace) -> int:
     """Write the training-loss curves."""
-    from markup2im.visualize import loss_curves
+    from markup2im.figures.plots import loss_curves
 
     loss_curves(args.train_log, args.output, window=args.window)
     return 0
@@ -186,7 +218,7 @@ def run_curves(args: argparse.Namespace) -> int:
 
 def run_html(args: argparse.Namespace) -> int:
     """Write the HTML page."""
-    from markup2im.visualize import html_page
+    from markup2im.figures.html import html_page
 
     html_page(args.input, args.output, title=args.title)
     return 0

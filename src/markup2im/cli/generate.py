@@ -6,10 +6,7 @@ import argparse
 from pathlib import Path
 
 from markup2im.cli.paths import output_dir, positive_int
-
-# markup2im.sampling.SAMPLERS (kept here so that parsing imports no torch; a test checks that
-# they agree)
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++")
+from markup2im.names import PRECISIONS, SAMPLERS
 
 
 def name_list(text: str) -> list[str]:
@@ -62,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=PRECISIONS,
         default="fp32",
         help="bf16 runs the denoiser under autocast (GPUs: faster; images differ slightly)",
     )
@@ -73,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate with the flags' settings."""
-    from markup2im.sampling import generate
+    from markup2im.generate import generate
 
     generate(
         args.model_dir,

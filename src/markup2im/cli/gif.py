@@ -49,7 +49,7 @@ def _timing(parser: argparse.ArgumentParser) -> None:
 
 def run_denoise(args: argparse.Namespace) -> int:
     """Write the denoising GIF."""
-    from markup2im.visualize import denoise_gif
+    from markup2im.figures.gif import denoise_gif
 
     denoise_gif(
         args.frames_dir, args.output, args.every, args.frame_ms, args.final_hold_ms, args.scale
@@ -59,7 +59,7 @@ def run_denoise(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Write the side-by-side comparison GIF."""
-    from markup2im.visualize import compare_gif
+    from markup2im.figures.gif import compare_gif
 
     compare_gif(
         args.gold,

@@ -7,9 +7,7 @@ import argparse
 from pathlib import Path
 
 from markup2im.cli.paths import output_dir
-
-# markup2im.presets.DOMAINS (kept here so that parsing imports no torch)
-DOMAINS: tuple[str, ...] = ("math", "tables", "music", "molecules")
+from markup2im.names import DOMAINS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from markup2im.cli.paths import output_dir, positive_float, positive_int
-from markup2im.presets import DOMAINS
+from markup2im.names import DOMAINS
 
 __all__ = ["add_parser", "add_render_options", "positive_float", "positive_int", "run"]
 

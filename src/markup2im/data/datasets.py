@@ -1,8 +1,9 @@
 """The one on-disk dataset form: a ``datasets.DatasetDict`` saved with ``save_to_disk``.
 
 Splits ``train`` / ``validation`` / ``test``; columns: the domain's markup column (``formula``,
-``html``, ``source`` or ``smiles``), ``filename`` and ``image``. Hub downloads and locally built
-datasets are both written in this form, so training never cares where data came from.
+``html``, ``source`` or ``smiles``), ``filename`` and ``image``. Hub downloads
+(:mod:`markup2im.data.hub`) and datasets built here from markup are both written in this form,
+so training never cares where data came from.
 """
 
 from __future__ import annotations
@@ -14,25 +15,20 @@ import json
 import logging
 import os
 import random
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 
 from markup2im.atomic import atomic_dir, write_json
-from markup2im.errors import ConfigError, DataError, HubUnavailableError, RenderError
-from markup2im.presets import (
-    DOMAINS,
-    MARKUP_COLUMNS,
-    DomainSpec,
-    domain_for_hub_dataset,
-    get_domain,
-)
+from markup2im.data import synth
+from markup2im.data.markup_files import read_markup_file
+from markup2im.data.render import DEFAULT_TIMEOUT, RenderedItem, assign_filenames, iter_render
+from markup2im.errors import ConfigError, DataError, RenderError
+from markup2im.presets import DOMAINS, MARKUP_COLUMNS, DomainSpec, get_domain
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +253,8 @@ MAX_LISTED_FAILURES = 1000  # failures listed one by one in build_summary.json
 def _split_sizes(
     train: int | None, validation: int | None, test: int | None, synthetic: bool
 ) -> dict[str, int] | None:
+    """Rows asked for per split (None: a markup file's default split); ConfigError for a
+    negative size or one that leaves a split empty."""
     given = {"train": train, "validation": validation, "test": test}
     for split_name, size in given.items():
         if size is not None and size < 0:
@@ -308,6 +306,245 @@ def _deduplicate(markups: list[str]) -> tuple[list[int], list[dict[str, Any]]]:
     return keep, repeats
 
 
+@dataclass
+class _Source:
+    """The markups to render, in seeded order, and what reading them found."""
+
+    name: str  # how the summary and the messages name the source
+    stream: Iterator[tuple[str, int | None]]  # (markup, its line in the file or None)
+    known_errors: dict[int, str] = field(default_factory=dict)  # stream position -> why unreadable
+    blank_lines: int = 0
+    duplicates: list[dict[str, Any]] = field(default_factory=list)  # {"line", "same_as_line"}
+
+
+def _synthetic_source(spec: DomainSpec, seed: int, difficulty: str | None) -> _Source:
+    """The domain's seeded generator, endless and free of repeats."""
+    return _Source(
+        name=f"synthetic:{spec.name}" + (f":{difficulty}" if difficulty else ""),
+        stream=(
+            (m, None)
+            for m in synth.iter_unique(spec.name, seed, difficulty or synth.DEFAULT_DIFFICULTY)
+        ),
+    )
+
+
+def _file_source(markup_file: str | os.PathLike[str], seed: int) -> _Source:
+    """The lines of a markup file, repeats left out, shuffled with ``seed``."""
+    marked = read_markup_file(markup_file)
+    source_name = str(markup_file)
+    # duplicates go before the split, so no markup is both trained on and tested
+    order, repeats = _deduplicate(marked.markups)
+    duplicates = [
+        {"line": marked.lines[r["index"]], "same_as_line": marked.lines[r["first"]]}
+        for r in repeats
+    ]
+    if duplicates:
+        logger.warning(
+            "%s: %d duplicate markup line(s) left out (first: line %d repeats line %d)",
+            source_name,
+            len(duplicates),
+            duplicates[0]["line"],
+            duplicates[0]["same_as_line"],
+        )
+    random.Random(seed).shuffle(order)
+    return _Source(
+        name=source_name,
+        stream=((marked.markups[i], marked.lines[i]) for i in order),
+        known_errors={n: marked.errors[i] for n, i in enumerate(order) if i in marked.errors},
+        blank_lines=len(marked.blank_lines),
+        duplicates=duplicates,
+    )
+
+
+@dataclass
+class _Renders:
+    """Every markup tried, in the order taken from the source, and how each one rendered."""
+
+    candidates: list[tuple[str, int | None]] = field(default_factory=list)  # (markup, line)
+    outcomes: dict[int, RenderedItem] = field(default_factory=dict)  # candidate index -> render
+
+    def good(self) -> list[int]:
+        """Indices of the candidates that rendered, in order."""
+        return [n for n in range(len(self.candidates)) if self.outcomes[n].ok]
+
+    def failed(self) -> list[int]:
+        """Indices of the candidates that did not render, in order."""
+        return [n for n in range(len(self.candidates)) if not self.outcomes[n].ok]
+
+
+def _render_until(
+    spec: DomainSpec,
+    source: _Source,
+    sizes: dict[str, int] | None,
+    *,
+    width: int,
+    height: int,
+    workers: int | None,
+    timeout: float | None,
+    progress: bool,
+) -> _Renders:
+    """Render markups from ``source`` until ``sizes`` rows rendered (all of them when None)."""
+    renders = _Renders()
+    candidates, outcomes = renders.candidates, renders.outcomes
+    needed = sum(sizes.values()) if sizes else None
+    # an endless generator whose items all fail (a broken TeX installation) must not loop forever
+    max_attempts = None if needed is None else 3 * needed + 64
+    while True:
+        have = sum(item.ok for item in outcomes.values())
+        if needed is not None and have >= needed:
+            break
+        if max_attempts is not None and len(candidates) >= max_attempts:
+            logger.warning("giving up after %d attempts (%d rendered)", len(candidates), have)
+            break
+        # ask for what is missing plus a margin for failures, in seeded order
+        want = None if needed is None else (needed - have) + max(8, (needed - have) // 20)
+        if want is not None and max_attempts is not None:
+            want = min(want, max_attempts - len(candidates))
+        fresh = list(itertools.islice(source.stream, want))
+        if not fresh:
+            break
+        first = len(candidates)
+        candidates.extend(fresh)
+        skip = {
+            n - first: e for n, e in source.known_errors.items() if first <= n < len(candidates)
+        }
+        for item in iter_render(
+            spec,
+            [m for m, _ in fresh],
+            width=width,
+            height=height,
+            workers=workers,
+            timeout=timeout or DEFAULT_TIMEOUT,
+            skip=skip,
+            progress=progress,
+        ):
+            outcomes[first + item.index] = item
+        if needed is None:
+            break
+    return renders
+
+
+def _assign_splits(
+    renders: _Renders, sizes: dict[str, int] | None, source_name: str
+) -> tuple[dict[str, int], list[int], dict[str, list[int]]]:
+    """The sizes asked for (or the file default), the rendered rows used, and each split's
+    rows: test first, then validation, then train, so that a shortfall only shrinks train."""
+    good = renders.good()
+    if not good:
+        failures = [renders.outcomes[n].error for n in range(len(renders.candidates))][:5]
+        raise RenderError(f"{source_name}: nothing rendered; first errors: {failures}")
+    if sizes is None:
+        sizes = _file_split_sizes(len(good), source_name)
+    used = good[: sum(sizes.values())]
+    assignment = {
+        "test": used[: sizes["test"]],
+        "validation": used[sizes["test"] : sizes["test"] + sizes["validation"]],
+        "train": used[sizes["test"] + sizes["validation"] :],
+    }
+    got = {k: len(assignment[k]) for k in SPLITS}
+    empty = [k for k in SPLITS if not got[k]]
+    if empty:
+        raise DataError(
+            f"{source_name}: the {' and '.join(empty)} split would be empty: {len(good)} of "
+            f"{len(renders.candidates)} markup(s) rendered, giving {_counts(got)} (asked for "
+            f"{_counts(sizes)}); nothing was written"
+        )
+    return sizes, used, assignment
+
+
+def _to_dataset(
+    spec: DomainSpec, renders: _Renders, assignment: dict[str, list[int]]
+) -> datasets.DatasetDict:
+    """The rows of each split with their images and file names (named across all splits)."""
+    candidates, outcomes = renders.candidates, renders.outcomes
+    order = [n for split_name in SPLITS for n in assignment[split_name]]
+    names = dict(zip(order, assign_filenames([candidates[n][0] for n in order]), strict=True))
+    features = features_for(spec.markup_column)
+    splits = {}
+    for split_name in SPLITS:
+        rows = assignment[split_name]
+        splits[split_name] = datasets.Dataset.from_dict(
+            {
+                spec.markup_column: [candidates[n][0] for n in rows],
+                "filename": [names[n] for n in rows],
+                "image": [{"bytes": outcomes[n].png, "path": None} for n in rows],
+            },
+            features=features,
+            split=datasets.NamedSplit(split_name),
+        )
+    return datasets.DatasetDict(splits)
+
+
+def _build_summary(
+    spec: DomainSpec,
+    source: _Source,
+    renders: _Renders,
+    sizes: dict[str, int],
+    used: list[int],
+    assignment: dict[str, list[int]],
+    *,
+    seed: int,
+    width: int,
+    height: int,
+    started: float,
+) -> dict[str, Any]:
+    """The content of ``build_summary.json``: what was asked, tried, used, left out and why."""
+    candidates, outcomes = renders.candidates, renders.outcomes
+    failed = renders.failed()
+    reasons = collections.Counter(outcomes[n].error for n in failed)
+    return {
+        "domain": spec.name,
+        "source": source.name,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "requested": {k: sizes[k] for k in SPLITS},
+        "attempted": len(candidates),
+        "rendered": len(renders.good()),
+        "used": len(used),
+        "blank_lines_skipped": source.blank_lines,
+        "duplicates_removed": {
+            "count": len(source.duplicates),
+            "items": source.duplicates[:MAX_LISTED_FAILURES],
+        },
+        "splits": {k: len(assignment[k]) for k in SPLITS},
+        "shortfall": {
+            k: sizes[k] - len(assignment[k]) for k in SPLITS if sizes[k] > len(assignment[k])
+        },
+        "failed": {
+            "count": len(failed),
+            "reasons": dict(reasons.most_common()),
+            "items": [
+                {
+                    "line": candidates[n][1],
+                    "markup": candidates[n][0][:500],
+                    "error": outcomes[n].error,
+                }
+                for n in failed[:MAX_LISTED_FAILURES]
+            ],
+        },
+        "shrunk": {
+            "total": sum(outcomes[n].shrunk for n in used),
+            **{k: sum(outcomes[n].shrunk for n in assignment[k]) for k in SPLITS},
+        },
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def _warn_about_losses(summary: dict[str, Any], renders: _Renders) -> None:
+    """Log the rows missing from the requested sizes and the renders that failed."""
+    if summary["shortfall"]:
+        logger.warning("%s: fewer rows than requested: %s", summary["source"], summary["shortfall"])
+    failed = renders.failed()
+    if failed:
+        reasons = collections.Counter(renders.outcomes[n].error for n in failed)
+        logger.warning(
+            "%d item(s) failed to render and were left out: %s",
+            len(failed),
+            dict(reasons.most_common(5)),
+        )
+
+
 def build_dataset(
     domain: str,
     output_dir: str | os.PathLike[str],
@@ -338,336 +575,44 @@ def build_dataset(
     ``build_summary.json`` (requested, rendered, failed with reasons, duplicates removed, shrunk
     counts, per split); returns the summary.
     """
-    from markup2im.data import synth
-    from markup2im.data.markup_files import read_markup_file
-    from markup2im.data.render import DEFAULT_TIMEOUT, assign_filenames, iter_render
-
     spec = get_domain(domain)
     if (markup_file is None) == (not synthetic):
         raise ConfigError("give exactly one source: --markup-file FILE or --synthetic")
     if difficulty is not None and not synthetic:
         raise ConfigError("--difficulty sets the synthetic generator's level; it needs --synthetic")
-    sizes = _split_sizes(train, validation, test, synthetic)
+    requested = _split_sizes(train, validation, test, synthetic)
     width, height = width or spec.width, height or spec.height
     started = time.monotonic()
 
-    blank_lines = 0
-    duplicates: list[dict[str, Any]] = []
-    known_errors: dict[int, str] = {}
-    if synthetic:
-        source_name = f"synthetic:{spec.name}" + (f":{difficulty}" if difficulty else "")
-        stream: Iterator[tuple[str, int | None]] = (
-            (m, None)
-            for m in synth.iter_unique(spec.name, seed, difficulty or synth.DEFAULT_DIFFICULTY)
-        )
+    if markup_file is None:
+        source = _synthetic_source(spec, seed, difficulty)
     else:
-        marked = read_markup_file(markup_file)  # type: ignore[arg-type]
-        source_name = str(markup_file)
-        blank_lines = len(marked.blank_lines)
-        # duplicates go before the split, so no markup is both trained on and tested
-        order, repeats = _deduplicate(marked.markups)
-        duplicates = [
-            {"line": marked.lines[r["index"]], "same_as_line": marked.lines[r["first"]]}
-            for r in repeats
-        ]
-        if duplicates:
-            logger.warning(
-                "%s: %d duplicate markup line(s) left out (first: line %d repeats line %d)",
-                source_name,
-                len(duplicates),
-                duplicates[0]["line"],
-                duplicates[0]["same_as_line"],
-            )
-        random.Random(seed).shuffle(order)
-        known_errors = {n: marked.errors[i] for n, i in enumerate(order) if i in marked.errors}
-        stream = ((marked.markups[i], marked.lines[i]) for i in order)
-
-    needed = sum(sizes.values()) if sizes else None
-    # an endless generator whose items all fail (a broken TeX installation) must not loop forever
-    max_attempts = None if needed is None else 3 * needed + 64
-    candidates: list[tuple[str, int | None]] = []
-    outcomes: dict[int, Any] = {}
-    while True:
-        have = sum(item.ok for item in outcomes.values())
-        if needed is not None and have >= needed:
-            break
-        if max_attempts is not None and len(candidates) >= max_attempts:
-            logger.warning("giving up after %d attempts (%d rendered)", len(candidates), have)
-            break
-        # ask for what is missing plus a margin for failures, in seeded order
-        want = None if needed is None else (needed - have) + max(8, (needed - have) // 20)
-        if want is not None and max_attempts is not None:
-            want = min(want, max_attempts - len(candidates))
-        fresh = list(itertools.islice(stream, want))
-        if not fresh:
-            break
-        first = len(candidates)
-        candidates.extend(fresh)
-        skip = {n - first: e for n, e in known_errors.items() if first <= n < len(candidates)}
-        for item in iter_render(
-            spec,
-            [m for m, _ in fresh],
-            width=width,
-            height=height,
-            workers=workers,
-            timeout=timeout or DEFAULT_TIMEOUT,
-            skip=skip,
-            progress=progress,
-        ):
-            outcomes[first + item.index] = item
-        if needed is None:
-            break
-
-    good = [n for n in range(len(candidates)) if outcomes[n].ok]
-    if not good:
-        failures = [outcomes[n].error for n in range(len(candidates))][:5]
-        raise RenderError(f"{source_name}: nothing rendered; first errors: {failures}")
-    if sizes is None:
-        sizes = _file_split_sizes(len(good), source_name)
-    used = good[: sum(sizes.values())]
-    assignment = {
-        "test": used[: sizes["test"]],
-        "validation": used[sizes["test"] : sizes["test"] + sizes["validation"]],
-        "train": used[sizes["test"] + sizes["validation"] :],
-    }
-    got = {k: len(assignment[k]) for k in SPLITS}
-    empty = [k for k in SPLITS if not got[k]]
-    if empty:
-        raise DataError(
-            f"{source_name}: the {' and '.join(empty)} split would be empty: {len(good)} of "
-            f"{len(candidates)} markup(s) rendered, giving {_counts(got)} (asked for "
-            f"{_counts(sizes)}); nothing was written"
-        )
-    order = [n for split_name in SPLITS for n in assignment[split_name]]
-    names = dict(zip(order, assign_filenames([candidates[n][0] for n in order]), strict=True))
-    features = features_for(spec.markup_column)
-    splits = {}
-    for split_name in SPLITS:
-        rows = assignment[split_name]
-        splits[split_name] = datasets.Dataset.from_dict(
-            {
-                spec.markup_column: [candidates[n][0] for n in rows],
-                "filename": [names[n] for n in rows],
-                "image": [{"bytes": outcomes[n].png, "path": None} for n in rows],
-            },
-            features=features,
-            split=datasets.NamedSplit(split_name),
-        )
-    dataset = datasets.DatasetDict(splits)
-
-    failed = [n for n in range(len(candidates)) if not outcomes[n].ok]
-    reasons = collections.Counter(outcomes[n].error for n in failed)
-    summary: dict[str, Any] = {
-        "domain": spec.name,
-        "source": source_name,
-        "seed": seed,
-        "width": width,
-        "height": height,
-        "requested": {k: sizes[k] for k in SPLITS},
-        "attempted": len(candidates),
-        "rendered": len(good),
-        "used": len(used),
-        "blank_lines_skipped": blank_lines,
-        "duplicates_removed": {
-            "count": len(duplicates),
-            "items": duplicates[:MAX_LISTED_FAILURES],
-        },
-        "splits": {k: len(assignment[k]) for k in SPLITS},
-        "shortfall": {
-            k: sizes[k] - len(assignment[k]) for k in SPLITS if sizes[k] > len(assignment[k])
-        },
-        "failed": {
-            "count": len(failed),
-            "reasons": dict(reasons.most_common()),
-            "items": [
-                {
-                    "line": candidates[n][1],
-                    "markup": candidates[n][0][:500],
-                    "error": outcomes[n].error,
-                }
-                for n in failed[:MAX_LISTED_FAILURES]
-            ],
-        },
-        "shrunk": {
-            "total": sum(outcomes[n].shrunk for n in used),
-            **{k: sum(outcomes[n].shrunk for n in assignment[k]) for k in SPLITS},
-        },
-        "seconds": round(time.monotonic() - started, 3),
-    }
-    if summary["shortfall"]:
-        logger.warning("%s: fewer rows than requested: %s", source_name, summary["shortfall"])
-    if failed:
-        logger.warning(
-            "%d item(s) failed to render and were left out: %s",
-            len(failed),
-            dict(reasons.most_common(5)),
-        )
+        source = _file_source(markup_file, seed)
+    renders = _render_until(
+        spec,
+        source,
+        requested,
+        width=width,
+        height=height,
+        workers=workers,
+        timeout=timeout,
+        progress=progress,
+    )
+    sizes, used, assignment = _assign_splits(renders, requested, source.name)
+    dataset = _to_dataset(spec, renders, assignment)
+    summary = _build_summary(
+        spec,
+        source,
+        renders,
+        sizes,
+        used,
+        assignment,
+        seed=seed,
+        width=width,
+        height=height,
+        started=started,
+    )
+    _warn_about_losses(summary, renders)
     info = DatasetInfo(spec.name, spec.markup_column, width, height, spec.channels)
     save_dataset_dir(dataset, output_dir, info, {BUILD_SUMMARY: summary})
-    return summary
-
-
-# ---- hub datasets ----------------------------------------------------------------------------
-
-SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
-HUB_PROBE_SECONDS = 3.0
-
-
-def _known_hub_datasets() -> str:
-    return ", ".join(f"{d.hub_dataset} ({d.name})" for d in DOMAINS.values())
-
-
-def hub_domain(hub_id: str) -> DomainSpec:
-    """The domain of a hub dataset, or ConfigError listing the known datasets."""
-    spec = domain_for_hub_dataset(hub_id)
-    if spec is None:
-        raise ConfigError(f"unknown dataset {hub_id!r}; known datasets: {_known_hub_datasets()}")
-    return spec
-
-
-def hub_offline_reason() -> str | None:
-    """Why the hub cannot be reached right now (None when it seems reachable).
-
-    ``HF_HUB_OFFLINE`` is honoured at once; otherwise one TCP connection to the hub endpoint is
-    tried with a short deadline, because ``datasets`` itself retries for ~25 s before failing.
-    """
-    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{variable} is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # only the proxy knows; let the real request decide
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = (
-        url.hostname or "huggingface.co",
-        url.port or (443 if url.scheme == "https" else 80),
-    )
-    result: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
-            result.append(None)
-        except OSError as exc:
-            result.append(f"cannot connect to {host}:{port} ({exc})")
-
-    thread = threading.Thread(target=probe, daemon=True)  # DNS lookups ignore socket timeouts
-    thread.start()
-    thread.join(HUB_PROBE_SECONDS + 1)
-    return result[0] if result else f"no answer from {host}:{port} within {HUB_PROBE_SECONDS:g} s"
-
-
-def _hub_unavailable(hub_id: str, reason: str) -> HubUnavailableError:
-    return HubUnavailableError(
-        f"cannot download {hub_id} from the Hugging Face hub: {reason}. To use a local copy, "
-        "fetch the dataset repository on a machine with internet access (for example "
-        f"`hf download {hub_id} --repo-type dataset --local-dir DIR`, or its data/*.parquet "
-        f"files), copy DIR here and run `markup2im download --dataset {hub_id} --local-path DIR "
-        "--output-dir OUT`; a dataset already in the local cache loads with HF_HUB_OFFLINE=1"
-    )
-
-
-def _normalise(loaded: Any, spec: DomainSpec, origin: str) -> datasets.DatasetDict:
-    """Splits renamed to train/validation/test, columns to markup/filename/image."""
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise DataError(f"{origin}: expected splits {list(SPLITS)}, got a single split")
-    renamed = {SPLIT_ALIASES.get(name, name): split for name, split in loaded.items()}
-    missing = [s for s in SPLITS if s not in renamed]
-    if missing:
-        raise DataError(f"{origin}: missing split(s) {missing}; found {sorted(loaded)}")
-    out = {}
-    for split_name in SPLITS:
-        split = renamed[split_name]
-        if spec.markup_column not in split.column_names or "image" not in split.column_names:
-            raise DataError(
-                f"{origin} [{split_name}]: columns {split.column_names}; a {spec.name} dataset "
-                f"needs {spec.markup_column!r} and 'image'"
-            )
-        if "filename" not in split.column_names:
-            split = split.add_column(
-                "filename", assign_filenames_for(list(split[spec.markup_column]))
-            )
-        split = split.select_columns([spec.markup_column, "filename", "image"])
-        features = features_for(spec.markup_column)
-        out[split_name] = split if split.features == features else split.cast(features)
-    return datasets.DatasetDict(out)
-
-
-def assign_filenames_for(markups: list[str]) -> list[str]:
-    """File names for rows that have none (the renderer's naming rule)."""
-    from markup2im.data.render import assign_filenames
-
-    return assign_filenames(markups)
-
-
-def download_dataset(
-    hub_id: str,
-    output_dir: str | os.PathLike[str],
-    *,
-    revision: str | None = None,
-    local_path: str | os.PathLike[str] | None = None,
-    max_examples: int | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    validate: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Fetch a hub dataset (or load a local copy of its repository) and save it in our form.
-
-    ``local_path`` is a directory laid out like the hub repository (``data/train-00000-of-00001
-    .parquet``, ...) or a directory of parquet files; it loads through the same
-    ``datasets.load_dataset`` call as the hub. Offline, this fails within seconds with a
-    HubUnavailableError that says how to use a local copy. Images are checked (decodable, the
-    domain's size) before anything is written.
-    """
-    spec = hub_domain(hub_id)
-    if max_examples is not None and max_examples <= 0:
-        raise ConfigError(f"--max-examples must be > 0, got {max_examples}")
-    cache = str(cache_dir) if cache_dir is not None else None
-    if local_path is not None:
-        root = Path(local_path)
-        if not root.exists():
-            raise DataError(f"{root}: local dataset copy not found")
-        if revision:
-            logger.warning("--revision %s is ignored for a local copy (%s)", revision, root)
-        origin = str(root)
-        try:
-            loaded = datasets.load_dataset(str(root), cache_dir=cache)
-        except Exception as exc:  # datasets raises many types for unreadable directories
-            raise DataError(f"{root}: cannot load as a dataset repository copy: {exc}") from exc
-    else:
-        origin = f"{hub_id}@{revision or 'main'}"
-        reason = hub_offline_reason()
-        if reason and not reason.endswith("OFFLINE is set"):
-            raise _hub_unavailable(hub_id, reason)
-        # offline mode still loads a dataset that is already in the local cache
-        try:
-            loaded = datasets.load_dataset(hub_id, revision=revision, cache_dir=cache)
-        except Exception as exc:
-            if reason or isinstance(exc, ConnectionError | TimeoutError):
-                raise _hub_unavailable(hub_id, reason or str(exc)) from exc
-            raise DataError(f"{origin}: cannot load from the hub: {exc}") from exc
-    dataset = _normalise(loaded, spec, origin)
-    if max_examples is not None:
-        dataset = datasets.DatasetDict(
-            {k: v.select(range(min(max_examples, len(v)))) for k, v in dataset.items()}
-        )
-    info = DatasetInfo(spec.name, spec.markup_column, spec.width, spec.height, spec.channels)
-    if validate:
-        try:
-            validate_dataset(dataset, info, name=origin, progress=progress)
-        except DataError as exc:
-            raise DataError(
-                f"{exc}\n(nothing was written; --skip-validation saves it anyway)"
-            ) from exc
-    summary = {
-        "dataset": hub_id,
-        "revision": revision,
-        "local_path": str(local_path) if local_path is not None else None,
-        "max_examples": max_examples,
-        "splits": {k: len(v) for k, v in dataset.items()},
-    }
-    save_dataset_dir(dataset, output_dir, info, {DOWNLOAD_SUMMARY: summary})
     return summary

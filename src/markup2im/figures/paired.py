@@ -21,14 +21,13 @@ import numpy as np
 
 from markup2im.atomic import atomic_path, write_text
 from markup2im.errors import ConfigError, DataError
+from markup2im.figures.html import table_page
+from markup2im.figures.tables import METRIC_TITLES, Labelled, format_number, split_label
 from markup2im.metrics import HIGHER_IS_BETTER, METRICS
-from markup2im.visualize import METRIC_TITLES, Labelled, format_number, split_label, table_page
+from markup2im.names import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 
 log = logging.getLogger(__name__)
 
-RESAMPLES = 10_000
-SEED = 0
-CONFIDENCE = 0.95
 #: Columns of a paired CSV, one row per metric.
 PAIRED_COLUMNS: tuple[str, ...] = (
     "metric",
@@ -111,7 +110,10 @@ def paired_values(
 
 
 def bootstrap_mean_interval(
-    values: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED, confidence: float = CONFIDENCE
+    values: np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile-bootstrap interval of the mean of each column of ``values`` (n, k).
 
@@ -149,8 +151,8 @@ def win_rate(differences: np.ndarray, higher_is_better: bool) -> float:
 def paired_comparison(
     baseline_csv: str | os.PathLike[str],
     treatment_csv: str | os.PathLike[str],
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
     confidence: float = CONFIDENCE,
 ) -> list[dict[str, Any]]:
     """One row per metric (columns PAIRED_COLUMNS): treatment - baseline over the same images."""
@@ -223,8 +225,8 @@ def compare_runs(
     output_csv: str | os.PathLike[str],
     output_html: str | os.PathLike[str] | None = None,
     title: str | None = None,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
     confidence: float = CONFIDENCE,
     labels: tuple[str, str] = ("baseline", "scheduled sampling"),
 ) -> list[dict[str, Any]]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from markup2im import compare
 from markup2im.cli import main
 from markup2im.errors import ConfigError, DataError
+from markup2im.figures import paired
 from markup2im.metrics import METRICS
 
 # per-image metrics of a baseline and a treatment over five images: (dtw, dtw_shift, ssim, mse)
@@ -66,7 +66,7 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_known_differences_give_mean_interval_and_win_rate(pair: tuple[Path, Path]) -> None:
-    rows = compare.paired_comparison(*pair, resamples=2000, seed=3)
+    rows = paired.paired_comparison(*pair, resamples=2000, seed=3)
     assert [r["metric"] for r in rows] == list(METRICS)
     treatment = treatment_rows()
     differences = np.array([np.subtract(treatment[n], BASELINE[n]) for n in sorted(BASELINE)])
@@ -92,7 +92,7 @@ def test_known_differences_give_mean_interval_and_win_rate(pair: tuple[Path, Pat
 
 def test_identical_runs_differ_by_nothing(pair: tuple[Path, Path]) -> None:
     base, _treat = pair
-    for row in compare.paired_comparison(base, base):
+    for row in paired.paired_comparison(base, base):
         assert row["mean_difference"] == 0.0
         assert row["ci_low"] == row["ci_high"] == 0.0
         assert row["win_rate"] == 0.5
@@ -101,9 +101,9 @@ def test_identical_runs_differ_by_nothing(pair: tuple[Path, Path]) -> None:
 
 def test_bootstrap_is_deterministic_for_a_seed() -> None:
     values = np.random.default_rng(1).normal(size=(37, 4))
-    first = compare.bootstrap_mean_interval(values, resamples=5000, seed=11)
-    again = compare.bootstrap_mean_interval(values, resamples=5000, seed=11)
-    other = compare.bootstrap_mean_interval(values, resamples=5000, seed=12)
+    first = paired.bootstrap_mean_interval(values, resamples=5000, seed=11)
+    again = paired.bootstrap_mean_interval(values, resamples=5000, seed=11)
+    other = paired.bootstrap_mean_interval(values, resamples=5000, seed=12)
     np.testing.assert_array_equal(first[0], again[0])
     np.testing.assert_array_equal(first[1], again[1])
     assert not np.array_equal(first[0], other[0])
@@ -112,19 +112,19 @@ def test_bootstrap_is_deterministic_for_a_seed() -> None:
     assert np.all((width > 0.45) & (width < 0.85)), width
     # drawn in blocks when the data is large: still one stream of resamples
     big = np.random.default_rng(2).normal(size=(3000, 4))
-    low, high = compare.bootstrap_mean_interval(big, resamples=1200, seed=0)
+    low, high = paired.bootstrap_mean_interval(big, resamples=1200, seed=0)
     assert np.all(low < big.mean(axis=0)) and np.all(big.mean(axis=0) < high)
     with pytest.raises(ConfigError, match="resamples"):
-        compare.bootstrap_mean_interval(values, resamples=0)
+        paired.bootstrap_mean_interval(values, resamples=0)
     with pytest.raises(ConfigError, match="confidence"):
-        compare.bootstrap_mean_interval(values, confidence=95)
+        paired.bootstrap_mean_interval(values, confidence=95)
 
 
 def test_win_rate_counts_ties_half() -> None:
     differences = np.array([-1.0, 0.0, 0.0, 2.0])
-    assert compare.win_rate(differences, higher_is_better=False) == 0.5
-    assert compare.win_rate(differences, higher_is_better=True) == 0.5
-    assert compare.win_rate(np.array([-1.0, -0.5, 0.0]), higher_is_better=False) == 2.5 / 3
+    assert paired.win_rate(differences, higher_is_better=False) == 0.5
+    assert paired.win_rate(differences, higher_is_better=True) == 0.5
+    assert paired.win_rate(np.array([-1.0, -0.5, 0.0]), higher_is_better=False) == 2.5 / 3
 
 
 def test_different_images_are_an_error_naming_both_files(tmp_path: Path) -> None:
@@ -134,54 +134,54 @@ def test_different_images_are_an_error_naming_both_files(tmp_path: Path) -> None
     rows["z.png"] = (1.0, 1.0, 1.0, 1.0)
     treat = write_metrics(tmp_path / "treatment.csv", rows)
     with pytest.raises(DataError) as info:
-        compare.paired_comparison(base, treat)
+        paired.paired_comparison(base, treat)
     message = str(info.value)
     assert str(base) in message and str(treat) in message
     assert "c.png" in message and "z.png" in message
     bad = tmp_path / "bad.csv"
     bad.write_text("filename,dtw,dtw_shift,ssim,mse\na.png,1,2,x,4\n")
     with pytest.raises(DataError, match="bad.csv, line 2: ssim"):
-        compare.paired_comparison(base, bad)
+        paired.paired_comparison(base, bad)
     with pytest.raises(DataError, match="empty.csv: no rows"):
-        compare.read_metrics_csv(write_metrics(tmp_path / "empty.csv", {}))
+        paired.read_metrics_csv(write_metrics(tmp_path / "empty.csv", {}))
     with pytest.raises(DataError, match="nowhere.csv: metrics file not found"):
-        compare.read_metrics_csv(tmp_path / "nowhere.csv")
+        paired.read_metrics_csv(tmp_path / "nowhere.csv")
     (tmp_path / "short.csv").write_text("filename,dtw\na.png,1\n")
     with pytest.raises(DataError, match="short.csv: missing column"):
-        compare.read_metrics_csv(tmp_path / "short.csv")
+        paired.read_metrics_csv(tmp_path / "short.csv")
 
 
 def test_compare_runs_writes_csv_and_page_and_the_table_reads_them(
     pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
     out_csv, out_html = tmp_path / "paired.csv", tmp_path / "paired.html"
-    rows = compare.compare_runs(*pair, out_csv, out_html, resamples=500, seed=1)
-    assert compare.read_paired_csv(out_csv) == rows
+    rows = paired.compare_runs(*pair, out_csv, out_html, resamples=500, seed=1)
+    assert paired.read_paired_csv(out_csv) == rows
     with open(out_csv, newline="", encoding="utf-8") as handle:
-        assert tuple(csv.DictReader(handle).fieldnames or ()) == compare.PAIRED_COLUMNS
+        assert tuple(csv.DictReader(handle).fieldnames or ()) == paired.PAIRED_COLUMNS
     page = out_html.read_text(encoding="utf-8")
     assert page.count("<tr>") == 1 + len(METRICS)
     assert "scheduled sampling better" in page and "70.0%" in page  # dtw win rate
-    assert compare.format_interval(rows[0]) in page
+    assert paired.format_interval(rows[0]) in page
 
     table_csv, table_html = tmp_path / "summary" / "t.csv", tmp_path / "summary" / "t.html"
-    table = compare.paired_table([("math/ddim50", out_csv), ("tables/ddpm", out_csv)], table_csv)
+    table = paired.paired_table([("math/ddim50", out_csv), ("tables/ddpm", out_csv)], table_csv)
     assert [(r["dataset"], r["sampler"]) for r in table[:: len(METRICS)]] == [
         ("math", "ddim50"),
         ("tables", "ddpm"),
     ]
-    compare.paired_table([("math/ddim50", out_csv)], table_csv, table_html)
+    paired.paired_table([("math/ddim50", out_csv)], table_csv, table_html)
     assert table_html.read_text(encoding="utf-8").count("<tr>") == 1 + len(METRICS)
     with pytest.raises(DataError, match="not a paired CSV"):
-        compare.paired_table([("x/y", pair[0])], table_csv)
+        paired.paired_table([("x/y", pair[0])], table_csv)
 
 
 def test_paired_commands(pair: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     out_csv = tmp_path / "p.csv"
     args = ["figures", "paired", "--baseline", str(pair[0]), "--treatment", str(pair[1])]
     assert main([*args, "--output", str(out_csv), "--seed", "5", "--resamples", "300"]) == 0
-    rows = compare.read_paired_csv(out_csv)
-    assert rows == compare.paired_comparison(*pair, resamples=300, seed=5)
+    rows = paired.read_paired_csv(out_csv)
+    assert rows == paired.paired_comparison(*pair, resamples=300, seed=5)
     table = tmp_path / "table.csv"
     html = tmp_path / "table.html"
     command = ["figures", "paired-table", "--paired", f"math/ddim4={out_csv}"]

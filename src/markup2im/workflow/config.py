@@ -1,0 +1,182 @@
+"""The workflow's config: its schema, ``--config`` values re-typed, validation and cross-field checks.
+
+The schema (schemas/config.schema.yaml) does not list the names that the project registers in
+:mod:`markup2im.names`: where it says ``{from_names: METHODS}``, :func:`load_schema` puts the
+registry's names, so a new method or sampler is added in one place. Every error is a
+:class:`~markup2im.errors.ConfigError` whose message names the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from markup2im.errors import ConfigError
+from markup2im.names import DOMAINS, METHODS, PRECISIONS, SAMPLERS
+
+# What ``{from_names: NAME}`` in the schema stands for.
+REGISTERED_NAMES: dict[str, tuple[str, ...]] = {
+    "METHODS": tuple(METHODS),
+    "SAMPLERS": SAMPLERS,
+    "DOMAINS": DOMAINS,
+    "PRECISIONS": PRECISIONS,
+}
+NAMES_MARKER = "from_names"
+
+
+def load_schema(path: str | Path) -> dict:
+    """The workflow's JSON schema (schemas/config.schema.yaml), registered names filled in."""
+    return fill_names(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+
+
+def fill_names(node: Any) -> Any:
+    """``node`` with every ``{from_names: NAME}`` replaced by the list of registered names."""
+    if isinstance(node, dict):
+        if set(node) == {NAMES_MARKER}:
+            try:
+                return list(REGISTERED_NAMES[node[NAMES_MARKER]])
+            except KeyError:
+                known = ", ".join(REGISTERED_NAMES)
+                raise ConfigError(
+                    f"config schema: {NAMES_MARKER}: {node[NAMES_MARKER]!r} is not one of {known}"
+                ) from None
+        return {key: fill_names(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [fill_names(value) for value in node]
+    return node
+
+
+def _properties_with_defaults(
+    validator: Any, properties: dict, instance: Any, schema: dict
+) -> Iterator[Any]:
+    """jsonschema's ``properties`` check that first fills in the defaults of missing keys."""
+    if isinstance(instance, dict):
+        for key, sub in properties.items():
+            if "default" in sub and key not in instance:
+                instance[key] = copy.deepcopy(sub["default"])
+    check = jsonschema.Draft202012Validator.VALIDATORS["properties"]
+    yield from check(validator, properties, instance, schema)
+
+
+FillingValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"properties": _properties_with_defaults}
+)
+
+
+def validate_config(cfg: dict, schema: dict) -> dict:
+    """Check ``cfg`` against the schema and fill in its defaults, in place; the config back.
+
+    Raises ConfigError naming the first offending key.
+    """
+    error = jsonschema.exceptions.best_match(FillingValidator(schema).iter_errors(cfg))
+    if error is not None:
+        raise ConfigError(config_error(error))
+    return cfg
+
+
+def config_error(error: jsonschema.ValidationError) -> str:
+    """One line naming the key of a jsonschema ValidationError (the most specific for oneOf)."""
+    if error.context:
+        error = jsonschema.exceptions.best_match(error.context)
+    where = ".".join(str(p) for p in error.absolute_path) or "the top level"
+    message = error.message
+    # oneOf without context: several alternatives matched; say which keys exclude each other
+    if error.validator == "oneOf":
+        keys = [k for alt in error.validator_value for k in alt.get("required", [])]
+        message = f"give exactly one of {', '.join(keys)}"
+    return f"invalid config at {where}: {message}"
+
+
+def _resolve(schema: dict, node: dict) -> dict:
+    """``node`` with its ``$ref`` (a ``#/...`` pointer into ``schema``) merged in."""
+    while "$ref" in node:
+        target = schema
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def subschema(schema: dict, path: tuple) -> dict:
+    """The part of ``schema`` that describes the config value at ``path`` ({} if none)."""
+    node = _resolve(schema, schema)
+    for key in path:
+        if key in node.get("properties", {}):
+            node = node["properties"][key]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        elif isinstance(key, int) and isinstance(node.get("items"), dict):
+            node = node["items"]
+        else:
+            return {}
+        node = _resolve(schema, node)
+    return node
+
+
+def _takes_string(node: dict) -> bool:
+    """Whether the schema ``node`` accepts a string (or says nothing about the type)."""
+    if "enum" in node:
+        return any(isinstance(v, str) for v in node["enum"])
+    types = node.get("type", [])
+    return not types or "string" in ([types] if isinstance(types, str) else types)
+
+
+def retype_overrides(cfg: dict, overrides: Mapping, schema: dict, path: tuple = ()) -> None:
+    """Re-read ``--config`` values as YAML, in place, where the schema wants no string.
+
+    Snakemake reads nested ``--config`` values with YAML's BaseLoader, so ``--config
+    'datasets={math: {generate: {seed: 7}}}'`` would give the string '7'.
+    """
+    items = overrides.items() if isinstance(overrides, dict) else enumerate(overrides)
+    for key, value in items:
+        here = path + (key,)
+        if isinstance(value, dict | list):
+            target = cfg[key] if isinstance(cfg, list) or key in cfg else None
+            if isinstance(target, dict | list):
+                retype_overrides(target, value, schema, here)
+        elif isinstance(value, str) and not _takes_string(subschema(schema, here)):
+            cfg[key] = yaml.safe_load(value)
+
+
+def check_config(cfg: dict) -> None:
+    """Cross-field checks that a JSON schema cannot express; ConfigError names the key."""
+    for name, ds in cfg["datasets"].items():
+        for sampler in ds.get("samplers", []):
+            if sampler not in cfg["samplers"]:
+                raise ConfigError(
+                    f"config: datasets.{name}.samplers names {sampler!r}, which is not a key of "
+                    f"samplers (known: {', '.join(sorted(cfg['samplers']))})"
+                )
+        gen = ds["generate"]
+        if gen["limit"] is not None and "frames_for" not in gen and gen["frames"] > gen["limit"]:
+            raise ConfigError(
+                f"config: datasets.{name}.generate.frames ({gen['frames']}) is larger than "
+                f"datasets.{name}.generate.limit ({gen['limit']})"
+            )
+        if ds.get("gpu_model") and ds["gpu"] == 0:
+            raise ConfigError(
+                f"config: datasets.{name}.gpu_model is {ds['gpu_model']!r} but "
+                f"datasets.{name}.gpu is 0 (no GPU to ask for)"
+            )
+    ss = cfg["scheduled_sampling"]
+    for key in ("start", "end"):
+        if len(ss[key]) != ss["max_m"]:
+            raise ConfigError(
+                f"config: scheduled_sampling.{key} has {len(ss[key])} weights but "
+                f"scheduled_sampling.max_m is {ss['max_m']} (one weight per rollout length)"
+            )
+
+
+def load_config(cfg: dict, overrides: Mapping, schema_path: str | Path) -> dict:
+    """The workflow's config, checked and completed in place: ``--config`` values re-typed,
+    validated against the schema with its defaults filled in, cross-field checks passed."""
+    schema = load_schema(schema_path)
+    retype_overrides(cfg, overrides, schema)
+    validate_config(cfg, schema)
+    check_config(cfg)
+    return cfg

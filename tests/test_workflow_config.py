@@ -1,0 +1,143 @@
+"""markup2im.workflow.config: the schema with the registered names, validation with defaults,
+messages naming the bad key, ``--config`` values re-typed, cross-field checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from markup2im.errors import ConfigError
+from markup2im.names import DOMAINS, METHODS, PRECISIONS, SAMPLERS
+from markup2im.workflow.config import (
+    check_config,
+    fill_names,
+    load_config,
+    load_schema,
+    retype_overrides,
+    validate_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO / "schemas" / "config.schema.yaml"
+SCHEMA = load_schema(SCHEMA_PATH)
+
+
+def config_of(name: str, change=None) -> dict:
+    """A shipped config, changed by ``change``, then validated and checked."""
+    config = yaml.safe_load((REPO / name).read_text())
+    if change is not None:
+        change(config)
+    return load_config(config, {}, SCHEMA_PATH)
+
+
+def test_schema_lists_the_registered_names() -> None:
+    props = SCHEMA["properties"]
+    assert props["methods"]["items"]["enum"] == list(METHODS)
+    assert props["methods"]["default"] == list(METHODS)
+    sampler = props["samplers"]["additionalProperties"]["properties"]["sampler"]
+    assert sampler["enum"] == list(SAMPLERS)
+    dataset = SCHEMA["$defs"]["dataset"]["properties"]
+    assert dataset["domain"]["enum"] == list(DOMAINS)
+    assert dataset["generate"]["properties"]["precision"]["enum"] == list(PRECISIONS)
+    assert dataset["released"]["propertyNames"]["enum"] == list(METHODS)
+    # no marker is left behind
+    assert "from_names" not in yaml.safe_dump(SCHEMA)
+
+
+def test_unknown_registered_name_in_the_schema_is_an_error() -> None:
+    assert fill_names({"a": [{"enum": {"from_names": "SAMPLERS"}}]}) == {
+        "a": [{"enum": list(SAMPLERS)}]
+    }
+    with pytest.raises(ConfigError, match="from_names: 'NOPE' is not one of METHODS"):
+        fill_names({"enum": {"from_names": "NOPE"}})
+
+
+def test_method_and_sampler_names_are_checked_against_the_registry() -> None:
+    with pytest.raises(ConfigError, match="invalid config at methods.0"):
+        config_of("config/micro.yaml", lambda c: c.update(methods=["nope"]))
+
+    def sampler_named_like_a_method(config):
+        config["samplers"] = {"baseline": {"sampler": "ddim", "steps": 2}}
+
+    with pytest.raises(ConfigError, match="invalid config at samplers"):
+        config_of("config/micro.yaml", sampler_named_like_a_method)
+
+    def released_unknown_method(config):
+        config["datasets"]["micro"]["released"] = {"nope": {"checkpoint": "x.pt"}}
+
+    with pytest.raises(ConfigError, match="invalid config at datasets.micro.released"):
+        config_of("config/micro.yaml", released_unknown_method)
+
+
+def test_defaults_are_filled_in_nested_objects() -> None:
+    config = validate_config(
+        {"datasets": {"m": {"domain": "math", "source": {"render": {"synthetic": True}}}}},
+        SCHEMA,
+    )
+    ds = config["datasets"]["m"]
+    assert ds["model"]["preset"] == "paper" and ds["model"]["encoder_revision"] is None
+    assert ds["train"]["checkpoint_every"] == 500 and ds["generate"]["batch_size"] == 16
+    assert config["resources"]["train"]["walltime_margin"] == 300
+    assert config["resources"]["train"]["chunks"] == 1
+    assert config["methods"] == list(METHODS)
+    assert config["code_version"] == {s: 0 for s in ("data", "train", "generate", "evaluate",
+                                                     "figures")}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["datasets"]["micro"]["train"].update(batch_size=0),
+         "datasets.micro.train.batch_size"),
+        (lambda c: c["datasets"]["micro"].update(gpu_model="a 100"), "datasets.micro.gpu_model"),
+        (lambda c: c["resources"]["train"].update(chunks=0), "resources.train.chunks"),
+        (lambda c: c.update(code_version={"sampling": 1}), "code_version"),
+    ],
+)  # fmt: skip
+def test_schema_errors_name_the_key(change, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"invalid config at {message}"):
+        config_of("config/micro.yaml", change)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["datasets"]["micro"].update(samplers=["nope"]),
+         "datasets.micro.samplers names 'nope'"),
+        (lambda c: c["datasets"]["micro"].update(gpu_model="a100"),
+         r"datasets.micro.gpu_model is 'a100' but datasets.micro.gpu is 0"),
+        (lambda c: c["scheduled_sampling"].update(max_m=2),
+         "scheduled_sampling.start has 1 weights but scheduled_sampling.max_m is 2"),
+        (lambda c: c["datasets"]["micro"]["generate"].update(limit=1, frames=3),
+         r"generate.frames \(3\) is larger than datasets.micro.generate.limit \(1\)"),
+    ],
+)  # fmt: skip
+def test_cross_field_errors_name_the_keys(change, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_of("config/micro.yaml", change)
+
+
+def test_cross_field_checks_pass_the_shipped_configs() -> None:
+    for name in ("config.yaml", "config/micro.yaml", "config/paper.yaml", "config/released.yaml"):
+        check_config(validate_config(yaml.safe_load((REPO / name).read_text()), SCHEMA))
+
+
+def test_config_overrides_are_retyped_where_the_schema_wants_no_string() -> None:
+    config = yaml.safe_load((REPO / "config" / "micro.yaml").read_text())
+    overrides = {"datasets": {"micro": {"generate": {"seed": "7", "split": "test"}, "gpu": "2"}}}
+    for key, value in overrides["datasets"]["micro"]["generate"].items():
+        config["datasets"]["micro"]["generate"][key] = value
+    config["datasets"]["micro"]["gpu"] = "2"
+    retype_overrides(config, overrides, SCHEMA)
+    assert config["datasets"]["micro"]["generate"]["seed"] == 7
+    assert config["datasets"]["micro"]["generate"]["split"] == "test"
+    assert config["datasets"]["micro"]["gpu"] == 2
+
+
+def test_load_config_retypes_then_validates() -> None:
+    config = yaml.safe_load((REPO / "config" / "micro.yaml").read_text())
+    config["datasets"]["micro"]["generate"]["seed"] = "7"
+    overrides = {"datasets": {"micro": {"generate": {"seed": "7"}}}}
+    assert load_config(config, overrides, SCHEMA_PATH)["datasets"]["micro"]["generate"]["seed"] == 7

@@ -1,0 +1,64 @@
+"""markup2im.workflow.flags: config settings as command-line flags."""
+
+from __future__ import annotations
+
+from markup2im.workflow.flags import (
+    accelerate_flags,
+    cli_flags,
+    evaluate_flags,
+    sample_flags,
+    threads_per_process,
+    train_flags,
+    train_runtime_settings,
+)
+
+MODEL = {"preset": "tiny", "max_markup_length": None, "prediction_type": "epsilon",
+         "train_encoder": False}  # fmt: skip
+SS = {"max_m": 1, "start": [0.0], "end": [0.8], "min_t": 0}
+
+
+def test_cli_flags() -> None:
+    assert cli_flags({"batch_size": 8, "ema": True, "limit": None, "x": False}) == (
+        "--batch-size 8 --ema"
+    )
+    assert cli_flags({"ss_end": [0.5, 0.8], "name": "a b"}) == "--ss-end 0.5,0.8 --name 'a b'"
+
+
+def test_train_flags_leave_out_what_does_not_change_the_model() -> None:
+    train = {"epochs": 3, "checkpoint_every": 5, "num_workers": 2, "compile": True}
+    flags = train_flags("baseline", MODEL, train, "offline", SS)
+    assert flags == (
+        "--method baseline --model-preset tiny --encoder offline --prediction-type epsilon"
+        " --epochs 3 --compile --resume auto"
+    )
+    assert train_runtime_settings(train) == {"checkpoint_every": 5, "num_workers": 2}
+
+
+def test_scheduled_sampling_gets_its_weights_and_no_guard_at_zero() -> None:
+    flags = train_flags("scheduled_sampling", MODEL, {}, "offline", SS)
+    assert flags.endswith("--resume auto --ss-max-m 1 --ss-start 0.0 --ss-end 0.8")
+    guarded = train_flags("scheduled_sampling", MODEL, {}, "offline", {**SS, "min_t": 50})
+    assert guarded.endswith("--ss-min-t 50")
+
+
+def test_sample_and_evaluate_flags() -> None:
+    generate = {"split": "test", "limit": None, "seed": 0, "precision": "fp32", "batch_size": 8}
+    sampler = {"sampler": "ddim", "steps": 10, "frames_every": None}
+    assert sample_flags(generate, sampler) == (
+        "--split test --sampler ddim --num-inference-steps 10 --seed 0"
+    )
+    assert "--precision bf16" in sample_flags({**generate, "precision": "bf16"}, sampler)
+    assert evaluate_flags({"clip_model": None, "clip_batch_size": 32}) == ""
+    assert evaluate_flags({"clip_model": "c", "clip_batch_size": 32}) == (
+        "--clip-model c --clip-batch-size 32"
+    )
+
+
+def test_accelerate_gets_one_process_per_gpu_with_its_share_of_threads() -> None:
+    music = accelerate_flags("no", gpus=4, threads=16)
+    assert "--num_cpu_threads_per_process 4" in music
+    assert "--num_processes 4 --multi_gpu --main_process_port 0" in music
+    cpu = accelerate_flags("no", gpus=0, threads=3)
+    assert cpu.endswith("--cpu --num_processes 1") and "per_process 3" in cpu
+    assert "--num_cpu_threads_per_process 1" in accelerate_flags("bf16", gpus=4, threads=2)
+    assert threads_per_process(0, 3) == 3 and threads_per_process(4, 2) == 1
