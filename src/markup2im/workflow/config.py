@@ -9,6 +9,7 @@ registry's names, so a new method or sampler is added in one place. Every error 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 
 from markup2im.errors import ConfigError
 from markup2im.names import DOMAINS, METHODS, PRECISIONS, SAMPLERS
+from markup2im.training.config import TrainConfig
 
 # What ``{from_names: NAME}`` in the schema stands for.
 REGISTERED_NAMES: dict[str, tuple[str, ...]] = {
@@ -30,8 +32,24 @@ NAMES_MARKER = "from_names"
 
 
 def load_schema(path: str | Path) -> dict:
-    """The workflow's JSON schema (schemas/config.schema.yaml), registered names filled in."""
-    return fill_names(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+    """The workflow's JSON schema (schemas/config.schema.yaml), registered names and the
+    training defaults filled in."""
+    schema = fill_names(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+    return fill_train_defaults(schema)
+
+
+def fill_train_defaults(schema: dict) -> dict:
+    """Give the dataset's ``model`` and ``train`` settings that name a TrainConfig field and
+    state no default of their own TrainConfig's default (the paper's), so that the paper's
+    values live in one place."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    dataset = schema["$defs"]["dataset"]["properties"]
+    for section in ("model", "train"):
+        for key, sub in dataset[section]["properties"].items():
+            if key in defaults and "default" not in sub:
+                value = defaults[key]
+                sub["default"] = list(value) if isinstance(value, tuple) else value
+    return schema
 
 
 def fill_names(node: Any) -> Any:
