@@ -246,6 +246,28 @@ def test_nan_loss_says_what_to_run_and_that_command_works(
     assert [int(r["step"]) for r in read_log(out / "train_log.csv")] == [1, 2, 3]
 
 
+def test_input_perturbation_trains_another_model_and_resumes_bit_identically(
+    tmp_path: Path, dataset_dir: Path
+) -> None:
+    """The perturbation changes what is learned (a method that ignored gamma would train the
+    baseline's model), and it is drawn from the step's generator: a run resumed from its
+    checkpoint ends with the uninterrupted run's weights."""
+    common = dict(method="input_perturbation", ss_start=None, ss_end=None, max_steps=6,
+                  checkpoint_every=3, checkpoints_total_limit=None)  # fmt: skip
+    whole = tmp_path / "whole"
+    train(tiny(dataset_dir, whole, ip_gamma=0.5, **common))
+    base = tmp_path / "base"
+    train(tiny(dataset_dir, base, **{**common, "method": "baseline"}))
+    ip, plain = model_weights(whole / "model"), model_weights(base / "model")
+    assert any(not torch.equal(ip[k], plain[k]) for k in ip)
+    cut = tmp_path / "cut"
+    shutil.copytree(whole / "checkpoints" / "checkpoint-3", cut / "checkpoints" / "checkpoint-3")
+    rows = (whole / "train_log.csv").read_text(encoding="utf-8").splitlines()
+    (cut / "train_log.csv").write_text("\n".join(rows[:4]) + "\n", encoding="utf-8")
+    train(tiny(dataset_dir, cut, resume="latest", ip_gamma=0.5, **common))
+    assert_same_weights(whole / "model", cut / "model")
+
+
 def test_resume_mid_epoch_with_ema_equals_uninterrupted(tmp_path: Path, dataset_dir: Path) -> None:
     settings = dict(ema=True, ema_decay=0.7, gradient_accumulation_steps=2, max_steps=None,
                     epochs=3, checkpoint_every=3, checkpoints_total_limit=None)  # fmt: skip

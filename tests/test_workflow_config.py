@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from markup2im.errors import ConfigError
-from markup2im.names import DOMAINS, METHODS, PRECISIONS, SAMPLERS
+from markup2im.names import DOMAINS, METHODS, PAPER_METHODS, PRECISIONS, SAMPLERS
 from markup2im.workflow.config import (
     check_config,
     fill_names,
@@ -35,7 +35,7 @@ def config_of(name: str, change=None) -> dict:
 def test_schema_lists_the_registered_names() -> None:
     props = SCHEMA["properties"]
     assert props["methods"]["items"]["enum"] == list(METHODS)
-    assert props["methods"]["default"] == list(METHODS)
+    assert props["methods"]["default"] == list(PAPER_METHODS)
     sampler = props["samplers"]["additionalProperties"]["properties"]["sampler"]
     assert sampler["enum"] == list(SAMPLERS)
     dataset = SCHEMA["$defs"]["dataset"]["properties"]

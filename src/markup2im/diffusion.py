@@ -149,6 +149,22 @@ class NoiseSchedule:
         a, s = self._coefficients(t, x_t)
         return (a * eps.float() - s * x0.float()).to(x_t.dtype)
 
+    def scale_noise(
+        self, x_t: torch.Tensor, output: torch.Tensor, t: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        """The output with the noise it implies divided by ``scale`` (one value per example):
+        epsilon scaling (Ning et al., ICLR 2024) in the model's own parameterisation.
+
+        For an epsilon model that is ``output / scale``; for x0 and v models the implied noise
+        is scaled and the output rebuilt from (x_t, the scaled noise), so every prediction type
+        takes the same denoising direction.
+        """
+        scale = scale.to(x_t.device, torch.float32).reshape(-1, *([1] * (x_t.ndim - 1)))
+        if self.prediction_type == "epsilon":
+            return (output.float() / scale).to(output.dtype)
+        eps = self.eps_from_x0(x_t, self.x0_from_output(x_t, output, t), t).float() / scale
+        return self.target(x_t, self.x0_from_eps(x_t, eps, t), t).to(output.dtype)
+
     def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
         """Per-example loss weights of min-SNR-gamma weighting (Hang et al., 2023), float32.
 

@@ -29,9 +29,11 @@ METHODS: dict[str, MethodName] = {
     for m in (
         MethodName("baseline", "baseline", "baseline"),
         MethodName("scheduled_sampling", "scheduled sampling", "scheduled_sampling"),
+        MethodName("input_perturbation", "input perturbation", "input_perturbation"),
     )
 }
 BASELINE = "baseline"  # the method every other one is compared with
+PAPER_METHODS: tuple[str, ...] = ("baseline", "scheduled_sampling")  # the workflow's default
 
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++")
 # denoising steps of a sampler when none are given (None: every training timestep)

@@ -178,15 +178,19 @@ def build_inputs(
     noise: torch.Tensor,
     fresh_noise: Sequence[torch.Tensor] = (),
     t_max: int | None = None,
+    input_noise: torch.Tensor | None = None,
 ) -> StepInputs:
     """The training inputs for given randomness: baseline for m = 0, an m-step rollout otherwise.
 
     ``fresh_noise`` holds the m noise tensors of the rollout steps, in order. ``t_max``, the
     largest timestep, spares reading it back from a GPU (a host sync) when the caller drew the
-    timesteps on the CPU and knows it.
+    timesteps on the CPU and knows it. ``input_noise`` (default ``noise``) is the noise of the
+    forward process that makes the input (input perturbation: ``noise + gamma xi``); for
+    m = 0 the target stays that of the unperturbed pair (x0, noise).
     """
+    start_noise = noise if input_noise is None else input_noise
     if m == 0:
-        x_t = schedule.q_sample(x0, noise, timesteps)
+        x_t = schedule.q_sample(x0, start_noise, timesteps)
         return StepInputs(x_t, timesteps, schedule.target_from_noise(x0, noise, timesteps), 0)
     if len(fresh_noise) != m:
         raise ValueError(
@@ -198,7 +202,7 @@ def build_inputs(
         raise ValueError(f"rollout of {m} steps from t = {t_max} leaves the schedule")
     with torch.no_grad():
         tau = timesteps + m
-        x_tau = schedule.q_sample(x0, noise, tau)
+        x_tau = schedule.q_sample(x0, start_noise, tau)
         for step_noise in fresh_noise:
             output = eps_model(x_tau, tau).to(x_tau.dtype)
             x0_hat = schedule.x0_from_output(x_tau, output, tau)

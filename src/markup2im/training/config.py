@@ -77,6 +77,12 @@ class TrainConfig:
     ss_min_t: int | None = setting(
         None, "skip scheduled sampling when min(t) <= this (the original's earlier guard: 50)"
     )
+    ip_gamma: float | None = setting(
+        None,
+        "input perturbation (DDPM-IP): the input's noise is eps + gamma xi, the target stays "
+        "eps's (default: 0.1 for input_perturbation; off for the other methods; with "
+        "scheduled_sampling it perturbs every step's start)",
+    )
     checkpoint_every: int = setting(500, "steps between checkpoints")
     checkpoints_total_limit: int | None = setting(3, "checkpoints kept (0: all)")
     snapshot_every: int | None = setting(
@@ -149,6 +155,8 @@ class TrainConfig:
             math.isfinite(self.snr_gamma) and self.snr_gamma > 0
         ):
             raise ConfigError(f"train: snr_gamma must be a positive number, got {self.snr_gamma}")
+        if self.ip_gamma is not None and not (math.isfinite(self.ip_gamma) and self.ip_gamma >= 0):
+            raise ConfigError(f"train: ip_gamma must be a number >= 0, got {self.ip_gamma}")
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"train: ema_decay must lie in (0, 1), got {self.ema_decay}")
         if self.cache_encoder and self.train_encoder:

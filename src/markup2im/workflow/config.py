@@ -18,12 +18,13 @@ import jsonschema
 import yaml
 
 from markup2im.errors import ConfigError
-from markup2im.names import DOMAINS, METHODS, PRECISIONS, SAMPLERS
+from markup2im.names import DOMAINS, METHODS, PAPER_METHODS, PRECISIONS, SAMPLERS
 from markup2im.training.config import TrainConfig
 
 # What ``{from_names: NAME}`` in the schema stands for.
 REGISTERED_NAMES: dict[str, tuple[str, ...]] = {
     "METHODS": tuple(METHODS),
+    "PAPER_METHODS": PAPER_METHODS,
     "SAMPLERS": SAMPLERS,
     "DOMAINS": DOMAINS,
     "PRECISIONS": PRECISIONS,

@@ -23,6 +23,11 @@ class Baseline(ScheduledSampling):
                 "method baseline trains with scheduled-sampling weights 0; drop --ss-start/"
                 "--ss-end or use --method scheduled_sampling"
             )
+        if config.ip_gamma:
+            raise ConfigError(
+                "method baseline trains without input perturbation; drop --ip-gamma or use "
+                "--method input_perturbation"
+            )
         return cls(ScheduledSamplingConfig.baseline(config.ss_max_m))
 
 

@@ -29,13 +29,16 @@ def draw_step(
     progress: float,
     generator: torch.Generator,
     noise_generator: torch.Generator | None = None,
+    gamma: float = 0.0,
 ) -> StepInputs:
     """:func:`markup2im.scheduled_sampling.prepare_step`, with the noise drawn on the device.
 
     t and m come from ``generator`` on the CPU (m is needed on the host, and drawing them there
     needs no sync); the noise too when ``noise_generator`` is None, exactly as ``prepare_step``
     draws it (the CPU path), else from ``noise_generator`` on its device (a CUDA generator
-    seeded like ``generator``: nothing is copied from the host).
+    seeded like ``generator``: nothing is copied from the host). ``gamma`` > 0 perturbs the
+    input (DDPM-IP): the forward process starts from ``noise + gamma xi`` with xi drawn last,
+    from the same generator, so a resumed run draws it again bit for bit.
     """
     batch, device = x0.shape[0], x0.device
     timesteps, m = draw_timesteps_and_m(
@@ -48,7 +51,10 @@ def draw_step(
         timesteps = timesteps.to(device)
     noise = _randn(x0, generator, noise_generator)
     fresh = [_randn(x0, generator, noise_generator) for _ in range(m)]
-    return build_inputs(eps_model, schedule, x0, timesteps, m, noise, fresh, t_max)
+    start = None
+    if gamma:
+        start = noise + gamma * _randn(x0, generator, noise_generator)
+    return build_inputs(eps_model, schedule, x0, timesteps, m, noise, fresh, t_max, start)
 
 
 def _randn(
@@ -65,20 +71,22 @@ def _randn(
 
 @dataclass(frozen=True)
 class ScheduledSampling:
-    """Scheduled sampling with rollout weights ``weights`` (m = 0 is the plain DDPM step)."""
+    """Scheduled sampling with rollout weights ``weights`` (m = 0 is the plain DDPM step).
+
+    ``gamma`` > 0 composes it with input perturbation: every step's forward process (the
+    rollout's start for m > 0) takes ``noise + gamma xi``; the target of an m = 0 step is the
+    unperturbed pair's, and of a rollout the one recomputed from the gold image, as always.
+    """
 
     weights: ScheduledSamplingConfig
+    gamma: float = 0.0
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> ScheduledSampling:
-        return cls(
-            ScheduledSamplingConfig.from_settings(
-                max_m=config.ss_max_m,
-                start=config.ss_start,
-                end=config.ss_end,
-                min_t=config.ss_min_t,
-            )
+        weights = ScheduledSamplingConfig.from_settings(
+            max_m=config.ss_max_m, start=config.ss_start, end=config.ss_end, min_t=config.ss_min_t
         )
+        return cls(weights, config.ip_gamma or 0.0)
 
     def inputs(
         self,
@@ -90,7 +98,7 @@ class ScheduledSampling:
         noise_generator: torch.Generator | None = None,
     ) -> StepInputs:
         return draw_step(
-            eps_model, schedule, self.weights, x0, progress, generator, noise_generator
+            eps_model, schedule, self.weights, x0, progress, generator, noise_generator, self.gamma
         )
 
     def probability(self, progress: float) -> float:
