@@ -1,10 +1,13 @@
-"""The speed benchmark (benchmarks/bench_model.py) and the GPU check script, on the CPU."""
+"""The benchmarks (bench_model.py), the GPU check script and its wheel kit, on the CPU."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -87,15 +90,81 @@ def test_bench_runs_on_cpu_and_counts_the_rollout(tmp_path):
     assert (tmp_path / "bench.json").is_file()
 
 
+def _wheel(folder: Path, name: str) -> Path:
+    """A minimal pure-Python wheel of package ``name`` (version 0.1) that pip installs offline."""
+    dist = f"{name}-0.1.dist-info"
+    files = {
+        f"{name}/__init__.py": "KIT = True\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }  # fmt: skip
+    files[f"{dist}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{dist}/RECORD"])
+    path = folder / f"{name}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for member, text in files.items():
+            wheel.writestr(member, text)
+    return path
+
+
 @pytest.mark.slow
 def test_gpu_check_script_runs_its_cpu_smoke_variant(tmp_path):
-    env = {**os.environ, "GPU_CHECK_OUT": str(tmp_path), "PYTHON": sys.executable}
+    # a kit of one wheel: the script installs it offline before anything else
+    (tmp_path / "kit" / "wheels").mkdir(parents=True)
+    _wheel(tmp_path / "kit" / "wheels", "markup2im_kit_probe")
+    site = tmp_path / "site" / "site-packages"
+    env = {**os.environ, "GPU_CHECK_OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
+           "GPU_KIT": str(tmp_path / "kit"), "GPU_CHECK_SITE": str(site)}  # fmt: skip
     done = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "installing 1 wheels" in done.stderr
+    assert (site / "markup2im_kit_probe" / "__init__.py").is_file()
     assert "| `pytest -m gpu` |" in done.stdout and "skipped" in done.stdout
     assert "| bf16 / fp32 step rate, ss |" in done.stdout
     assert "| images/s DDPM-1000 (projected) / DPM-Solver++-20, fp32 |" in done.stdout
-    assert (tmp_path / "bench.json").is_file() and (tmp_path / "pytest.log").is_file()
+    # the short learning run: both methods scored on the test split at each snapshot
+    assert "| step | minutes | baseline test | ss test |" in done.stdout
+    out = tmp_path / "out"
+    curves = json.loads((out / "learning.json").read_text(encoding="utf-8"))
+    assert set(curves) == {"baseline", "scheduled_sampling"}
+    assert all(point["test"] > 0 for points in curves.values() for point in points)
+    assert len(curves["baseline"]) == 2  # --points 2
+    for name in ("bench.json", "pytest.log", "learning.md", "summary.md"):
+        assert (out / name).is_file(), name
+    # what comes back from a device call: at most 8 files, none in folders
+    assert len(list(out.iterdir())) <= 8 and all(p.is_file() for p in out.iterdir())
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """name -> version of a requirements file's ``name==version`` lines (names normalised)."""
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.strip().split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+@pytest.mark.slow
+def test_gpu_wheel_kit_is_what_the_machine_lacks_at_the_locked_versions():
+    """The kit as pip resolves it (a dry run against the package index, no download): diffusers,
+    datasets and their missing requirements, one version each, at requirements-lock.txt's
+    versions, and nothing the GPU machine holds (its transformers 5.17 wants huggingface_hub < 2,
+    so the lock's 2.4 must not come along)."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_wheels.sh"), "--list"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    kit = dict(line.split("==") for line in done.stdout.split())
+    assert {"diffusers", "datasets", "jsonschema"} <= set(kit)
+    assert not {"torch", "transformers", "accelerate", "huggingface-hub", "numpy"} & set(kit)
+    # pyarrow, pandas, numba, scikit-image, pytest... are on the machine's image: not carried
+    assert not {"pyarrow", "pandas", "numba", "llvmlite", "scipy", "pytest"} & set(kit)
+    lock = _pins(ROOT / "requirements-lock.txt")
+    assert len(kit) == len(done.stdout.split())  # one version of each
+    assert {name: kit[name] for name in kit if name in lock} == {
+        name: lock[name] for name in kit if name in lock
+    }

@@ -1,20 +1,20 @@
 """Tests for markup2im.original: importing the checkpoints released by the paper's authors.
 
-The authors' diffusers fork is not imported (nor installed). Instead this file writes down, from
-the structure of diffusers 0.2.4 (``UNet2DConditionModel``, ``ResnetBlock``, ``SpatialTransformer``
-with 1x1-convolution projections) plus three position tables per transformer block, (1) the
-fork's state-dict entries and shapes for a given architecture and (2) a functional forward pass
-of that model read straight from such a state dict. The importer is checked against both: the
-entries it expects, where each tensor lands, and that the imported denoiser computes what the
-reference computes. Position tables here have the fork's fixed 64 rows x 320 columns and 1025
-text positions, longer than what a small model uses, so the slicing is exercised too.
+The importer is checked against an independent description of the authors' model
+(tests/fork_reference.py): the exact layout of their four models (tests/data/original-keys, read
+off the original), where each tensor lands, and that the imported denoiser computes what the
+reference forward pass computes. Position tables there have the fork's fixed 64 rows x 320
+columns and 1025 text positions, longer than what a small model uses, so the slicing is exercised
+too. Then the released path for real: the workflow on full-size checkpoints in the authors' math
+layout (slow), and `draw`, the demo and the pipeline on an imported model.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
 import datasets
@@ -22,6 +22,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
+from fork_reference import (
+    COL,
+    ROW,
+    TEXT,
+    Arch,
+    fork_shapes,
+    random_fork_state,
+    random_state,
+    reference_forward,
+    reference_keys,
+)
 from PIL import Image, ImageDraw
 
 from markup2im.cli import main as cli_main
@@ -30,269 +42,21 @@ from markup2im.errors import ModelError
 from markup2im.model import Markup2ImModel
 from markup2im.models.denoiser import MarkupUNet
 from markup2im.original import (
-    ORIGINAL_POSITION_NAMES,
     PROVENANCE_FILE,
     convert_state_dict,
     import_original,
     load_original_state_dict,
     original_layout,
+    original_shapes,
 )
 from markup2im.presets import DOMAINS, get_model_preset
 
-ROW = f"{ORIGINAL_POSITION_NAMES['row_embedding']}.weight"
-COL = f"{ORIGINAL_POSITION_NAMES['col_embedding']}.weight"
-TEXT = f"{ORIGINAL_POSITION_NAMES['text_position_embedding']}.weight"
-FIXED_ROWS, FIXED_COLS, TEXT_ROWS = 64, 320, 1025
 OFFLINE_WIDTH = 64  # hidden size of the offline encoder (the cross-attention width)
+# the cross-attention width of the paper's encoders: gpt-neo-125M, ChemBERTa-77M-MLM (molecules)
+ENCODER_WIDTH = {"math": 768, "tables": 768, "music": 768, "molecules": 384}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-# ---- the fork's model, written down independently of markup2im.original ----------------------
-
-
-@dataclass(frozen=True)
-class Arch:
-    channels: tuple[int, ...]
-    attention: tuple[bool, ...]
-    layers: int
-    heads: int
-    groups: int
-    in_channels: int
-    context: int
-
-    @classmethod
-    def of(cls, preset: str, in_channels: int, context: int) -> Arch:
-        p = get_model_preset(preset)
-        return cls(
-            p.block_out_channels,
-            p.attention_levels,
-            p.layers_per_block,
-            p.num_heads,
-            p.norm_num_groups,
-            in_channels,
-            context,
-        )
-
-
-def _resnet_shapes(prefix: str, cin: int, cout: int, temb: int) -> dict[str, tuple[int, ...]]:
-    s = {
-        "norm1.weight": (cin,),
-        "norm1.bias": (cin,),
-        "conv1.weight": (cout, cin, 3, 3),
-        "conv1.bias": (cout,),
-        "time_emb_proj.weight": (cout, temb),
-        "time_emb_proj.bias": (cout,),
-        "norm2.weight": (cout,),
-        "norm2.bias": (cout,),
-        "conv2.weight": (cout, cout, 3, 3),
-        "conv2.bias": (cout,),
-    }
-    if cin != cout:
-        s |= {"conv_shortcut.weight": (cout, cin, 1, 1), "conv_shortcut.bias": (cout,)}
-    return {prefix + k: v for k, v in s.items()}
-
-
-def _transformer_shapes(prefix: str, c: int, d: int) -> dict[str, tuple[int, ...]]:
-    t = "transformer_blocks.0."
-    s = {
-        "norm.weight": (c,),
-        "norm.bias": (c,),
-        "proj_in.weight": (c, c, 1, 1),
-        "proj_in.bias": (c,),
-        f"{t}ff.net.0.proj.weight": (8 * c, c),
-        f"{t}ff.net.0.proj.bias": (8 * c,),
-        f"{t}ff.net.2.weight": (c, 4 * c),
-        f"{t}ff.net.2.bias": (c,),
-        "proj_out.weight": (c, c, 1, 1),
-        "proj_out.bias": (c,),
-        ROW: (FIXED_ROWS, c // 2),
-        COL: (FIXED_COLS, c - c // 2),
-        TEXT: (TEXT_ROWS, d),
-    }
-    for attn, kv in (("attn1", c), ("attn2", d)):
-        s |= {
-            f"{t}{attn}.to_q.weight": (c, c),
-            f"{t}{attn}.to_k.weight": (c, kv),
-            f"{t}{attn}.to_v.weight": (c, kv),
-            f"{t}{attn}.to_out.0.weight": (c, c),
-            f"{t}{attn}.to_out.0.bias": (c,),
-        }
-    for norm in ("norm1", "norm2", "norm3"):
-        s |= {f"{t}{norm}.weight": (c,), f"{t}{norm}.bias": (c,)}
-    return {prefix + k: v for k, v in s.items()}
-
-
-def fork_shapes(a: Arch) -> dict[str, tuple[int, ...]]:
-    """Every state-dict entry of the fork's UNet2DConditionModel for ``a``, with its shape."""
-    c0, n = a.channels[0], len(a.channels)
-    temb = 4 * c0
-    s: dict[str, tuple[int, ...]] = {
-        "conv_in.weight": (c0, a.in_channels, 3, 3),
-        "conv_in.bias": (c0,),
-        "time_embedding.linear_1.weight": (temb, c0),
-        "time_embedding.linear_1.bias": (temb,),
-        "time_embedding.linear_2.weight": (temb, temb),
-        "time_embedding.linear_2.bias": (temb,),
-    }
-    prev = c0
-    for i, c in enumerate(a.channels):
-        for j in range(a.layers):
-            s |= _resnet_shapes(f"down_blocks.{i}.resnets.{j}.", prev if j == 0 else c, c, temb)
-            if a.attention[i]:
-                s |= _transformer_shapes(f"down_blocks.{i}.attentions.{j}.", c, a.context)
-        if i < n - 1:
-            s |= {
-                f"down_blocks.{i}.downsamplers.0.conv.weight": (c, c, 3, 3),
-                f"down_blocks.{i}.downsamplers.0.conv.bias": (c,),
-            }
-        prev = c
-    last = a.channels[-1]
-    s |= _resnet_shapes("mid_block.resnets.0.", last, last, temb)
-    s |= _transformer_shapes("mid_block.attentions.0.", last, a.context)
-    s |= _resnet_shapes("mid_block.resnets.1.", last, last, temb)
-    reversed_channels = list(reversed(a.channels))
-    reversed_attention = list(reversed(a.attention))
-    prev = reversed_channels[0]
-    for i, out in enumerate(reversed_channels):
-        skip_in = reversed_channels[min(i + 1, n - 1)]
-        for j in range(a.layers + 1):
-            skip = skip_in if j == a.layers else out
-            cin = (prev if j == 0 else out) + skip
-            s |= _resnet_shapes(f"up_blocks.{i}.resnets.{j}.", cin, out, temb)
-            if reversed_attention[i]:
-                s |= _transformer_shapes(f"up_blocks.{i}.attentions.{j}.", out, a.context)
-        if i < n - 1:
-            s |= {
-                f"up_blocks.{i}.upsamplers.0.conv.weight": (out, out, 3, 3),
-                f"up_blocks.{i}.upsamplers.0.conv.bias": (out,),
-            }
-        prev = out
-    s |= {
-        "conv_norm_out.weight": (c0,),
-        "conv_norm_out.bias": (c0,),
-        "conv_out.weight": (a.in_channels, c0, 3, 3),
-        "conv_out.bias": (a.in_channels,),
-    }
-    return s
-
-
-def random_fork_state(a: Arch, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights of a size that keeps activations of order one through the network."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in fork_shapes(a).items():
-        noise = torch.randn(shape, generator=g)
-        if len(shape) == 1:
-            centre = 1.0 if key.endswith(".weight") else 0.0
-            state[key] = centre + 0.1 * noise
-        elif key.endswith((ROW, COL, TEXT)):
-            state[key] = 0.3 * noise
-        else:
-            state[key] = noise / math.sqrt(math.prod(shape[1:]))
-    return state
-
-
-def _resnet(sd, p: str, x, temb, groups: int):
-    h = F.silu(F.group_norm(x, groups, sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-5))
-    h = F.conv2d(h, sd[p + "conv1.weight"], sd[p + "conv1.bias"], padding=1)
-    proj = F.linear(F.silu(temb), sd[p + "time_emb_proj.weight"], sd[p + "time_emb_proj.bias"])
-    h = h + proj[:, :, None, None]
-    h = F.silu(F.group_norm(h, groups, sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-5))
-    h = F.conv2d(h, sd[p + "conv2.weight"], sd[p + "conv2.bias"], padding=1)
-    if p + "conv_shortcut.weight" in sd:
-        x = F.conv2d(x, sd[p + "conv_shortcut.weight"], sd[p + "conv_shortcut.bias"])
-    return x + h
-
-
-def _attention(sd, p: str, x, context, heads: int):
-    q, k, v = (
-        F.linear(y, sd[f"{p}to_{n}.weight"]) for y, n in ((x, "q"), (context, "k"), (context, "v"))
-    )
-    b, n, c = q.shape
-    d = c // heads
-    q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    weights = (q @ k.transpose(-1, -2) * d**-0.5).softmax(-1)
-    out = (weights @ v).transpose(1, 2).reshape(b, n, c)
-    return F.linear(out, sd[p + "to_out.0.weight"], sd[p + "to_out.0.bias"])
-
-
-def _layer_norm(sd, p: str, x):
-    return F.layer_norm(x, x.shape[-1:], sd[p + ".weight"], sd[p + ".bias"])
-
-
-def _transformer(sd, p: str, x, context, heads: int, groups: int):
-    b, c, h, w = x.shape
-    rows, cols = sd[p + ROW][:h], sd[p + COL][:w]
-    x = x + torch.cat(
-        [rows.t()[:, :, None].expand(-1, h, w), cols.t()[:, None, :].expand(-1, h, w)]
-    )
-    residual = x
-    context = context + sd[p + TEXT][: context.shape[1]]
-    y = F.group_norm(x, groups, sd[p + "norm.weight"], sd[p + "norm.bias"], 1e-6)
-    y = F.conv2d(y, sd[p + "proj_in.weight"], sd[p + "proj_in.bias"])
-    y = y.permute(0, 2, 3, 1).reshape(b, h * w, c)
-    t = p + "transformer_blocks.0."
-    normed = _layer_norm(sd, t + "norm1", y)
-    y = _attention(sd, t + "attn1.", normed, normed, heads) + y
-    y = _attention(sd, t + "attn2.", _layer_norm(sd, t + "norm2", y), context, heads) + y
-    z = F.linear(
-        _layer_norm(sd, t + "norm3", y),
-        sd[t + "ff.net.0.proj.weight"],
-        sd[t + "ff.net.0.proj.bias"],
-    )
-    value, gate = z.chunk(2, dim=-1)
-    y = F.linear(value * F.gelu(gate), sd[t + "ff.net.2.weight"], sd[t + "ff.net.2.bias"]) + y
-    y = y.reshape(b, h, w, c).permute(0, 3, 1, 2)
-    return F.conv2d(y, sd[p + "proj_out.weight"], sd[p + "proj_out.bias"]) + residual
-
-
-def reference_forward(sd, a: Arch, x, t, context):
-    """The fork's UNet2DConditionModel forward pass, from its state dict (batch of one)."""
-    c0, n = a.channels[0], len(a.channels)
-    half = c0 // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=x.dtype) / half)
-    angles = t.to(x.dtype)[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # flip_sin_to_cos
-    temb = F.linear(emb, sd["time_embedding.linear_1.weight"], sd["time_embedding.linear_1.bias"])
-    temb = F.linear(
-        F.silu(temb), sd["time_embedding.linear_2.weight"], sd["time_embedding.linear_2.bias"]
-    )
-    x = F.conv2d(x, sd["conv_in.weight"], sd["conv_in.bias"], padding=1)
-    skips = [x]
-    for i in range(n):
-        for j in range(a.layers):
-            x = _resnet(sd, f"down_blocks.{i}.resnets.{j}.", x, temb, a.groups)
-            if a.attention[i]:
-                x = _transformer(
-                    sd, f"down_blocks.{i}.attentions.{j}.", x, context, a.heads, a.groups
-                )
-            skips.append(x)
-        if i < n - 1:
-            p = f"down_blocks.{i}.downsamplers.0.conv."
-            x = F.conv2d(x, sd[p + "weight"], sd[p + "bias"], stride=2, padding=1)
-            skips.append(x)
-    x = _resnet(sd, "mid_block.resnets.0.", x, temb, a.groups)
-    x = _transformer(sd, "mid_block.attentions.0.", x, context, a.heads, a.groups)
-    x = _resnet(sd, "mid_block.resnets.1.", x, temb, a.groups)
-    for i in range(n):
-        for j in range(a.layers + 1):
-            x = _resnet(
-                sd, f"up_blocks.{i}.resnets.{j}.", torch.cat([x, skips.pop()], 1), temb, a.groups
-            )
-            if a.attention[n - 1 - i]:
-                x = _transformer(
-                    sd, f"up_blocks.{i}.attentions.{j}.", x, context, a.heads, a.groups
-                )
-        if i < n - 1:
-            p = f"up_blocks.{i}.upsamplers.0.conv."
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            x = F.conv2d(x, sd[p + "weight"], sd[p + "bias"], padding=1)
-    x = F.silu(
-        F.group_norm(x, a.groups, sd["conv_norm_out.weight"], sd["conv_norm_out.bias"], 1e-5)
-    )
-    return F.conv2d(x, sd["conv_out.weight"], sd["conv_out.bias"], padding=1)
 
 
 # ---- shared fixtures ---------------------------------------------------------------------------
@@ -340,26 +104,42 @@ def _compatible(entry_kind: str, ours: tuple[int, ...], theirs: tuple[int, ...])
     return theirs == ours
 
 
-def test_paper_math_layout_is_the_originals_999_entries():
-    """The fork's math model: 999 entries, 208,996,609 parameters (measured on the original
-    code); the importer expects exactly those entries, with compatible shapes."""
-    shapes = fork_shapes(Arch.of("paper", in_channels=1, context=768))
-    assert len(shapes) == 999
-    assert sum(math.prod(s) for s in shapes.values()) == 208_996_609
-    spec = DOMAINS["math"]
+def _paper_unet(domain: str) -> MarkupUNet:
+    """Our paper-preset denoiser of ``domain`` (on the meta device: shapes only)."""
+    spec = DOMAINS[domain]
     with torch.device("meta"):
-        unet = MarkupUNet.from_preset(
-            get_model_preset("paper"), height=spec.height, width=spec.width, channels=1,
-            cross_attention_dim=768, max_text_positions=1025,
+        return MarkupUNet.from_preset(
+            get_model_preset("paper"), height=spec.height, width=spec.width,
+            channels=spec.channels, cross_attention_dim=ENCODER_WIDTH[domain],
+            max_text_positions=1025,
         )  # fmt: skip
-    layout = original_layout(unet)
-    assert {e.original for e in layout} == set(shapes)
-    assert len(layout) == len(shapes)
-    bad = [e for e in layout if not _compatible(e.kind, e.shape, shapes[e.original])]
-    assert not bad, bad[:5]
-    kinds = {e.kind for e in layout}
-    assert kinds == {"copy", "conv1x1", "leading_rows"}
+
+
+@pytest.mark.parametrize("domain", sorted(DOMAINS))
+def test_expected_layout_is_exactly_the_authors_model(domain):
+    """The entries the importer expects, names and shapes, are those of the authors' model of
+    each domain (tests/data/original-keys, read off the original): 999 entries, 208,996,609
+    parameters (194,444,163 for molecules, RGB with 384-wide ChemBERTa states)."""
+    reference = reference_keys(domain)
+    expected = original_shapes(_paper_unet(domain))
+    assert len(reference) == 999
+    assert sum(map(math.prod, reference.values())) == (
+        194_444_163 if domain == "molecules" else 208_996_609
+    )
+    assert sorted(set(expected) - set(reference)) == []  # entries we would ask for wrongly
+    assert sorted(set(reference) - set(expected)) == []  # entries we would leave out
+    assert expected == reference
+    # the independent description of the fork agrees, so the tests below that use it at other
+    # sizes test against the authors' layout
+    spec = DOMAINS[domain]
+    assert fork_shapes(Arch.of("paper", spec.channels, ENCODER_WIDTH[domain])) == reference
+
+
+def test_paper_layout_kinds():
+    layout = original_layout(_paper_unet("math"))
+    assert {e.kind for e in layout} == {"copy", "conv1x1", "leading_rows"}
     assert sum(e.kind == "conv1x1" for e in layout) == 2 * 21  # proj_in, proj_out x 21 blocks
+    assert sum(e.kind == "leading_rows" for e in layout) == 3 * 21  # wpe_h, wpe_w, wpe_l
 
 
 def test_rgb_layout_matches_too():
@@ -529,17 +309,53 @@ def test_missing_entry_and_short_position_table_fail_naming_them(fork_state):
     assert f"{row}: shape (1, 16), expected (at least 2, 16)" in message
 
 
+def _meta_state(domain: str) -> dict[str, torch.Tensor]:
+    """The authors' model of ``domain`` as shapes only (meta tensors: no memory)."""
+    return {k: torch.empty(s, device="meta") for k, s in reference_keys(domain).items()}
+
+
+@pytest.mark.parametrize("domain", sorted(DOMAINS))
+def test_the_authors_layout_converts_at_full_size(domain):
+    weights = convert_state_dict(_meta_state(domain), _paper_unet(domain))
+    assert len(weights) == 999
+
+
+def test_a_checkpoint_of_another_domain_fails_naming_the_file_and_first_entry():
+    """Molecules (RGB, 384-wide ChemBERTa states) imported as math: the same names, other shapes."""
+    with pytest.raises(ModelError) as info:
+        convert_state_dict(_meta_state("molecules"), _paper_unet("math"), source="mol.pt.100")
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("mol.pt.100: not a checkpoint of this model")
+    assert lines[1].strip() == "conv_in.weight: shape (128, 3, 3, 3), expected (128, 1, 3, 3)"
+    assert any("attn2.to_k.weight: shape (256, 384), expected (256, 768)" in x for x in lines)
+
+
 def test_a_file_that_is_not_a_state_dict_is_refused(tmp_path):
     path = tmp_path / "list.pt"
     torch.save([torch.zeros(1)], path)
-    with pytest.raises(ModelError, match="not a state dict"):
+    with pytest.raises(ModelError, match=f"{path}: not a state dict .*: the file holds a list"):
         load_original_state_dict(path)
+    # a training checkpoint that wraps the weights: the first entry that is not a tensor is named
+    wrapped = tmp_path / "trainer_state.pt"
+    torch.save({"model": {"conv_in.weight": torch.zeros(1)}, "epoch": 3}, wrapped)
+    with pytest.raises(ModelError, match=f"{wrapped}: .*entry 'model' is a dict, not a tensor"):
+        load_original_state_dict(wrapped)
     with pytest.raises(ModelError, match="does not exist"):
         load_original_state_dict(tmp_path / "absent.pt")
     pointer = tmp_path / "model_e100_lr0.0001.pt.100"
     pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 836\n")
-    with pytest.raises(ModelError, match="Git LFS pointer"):
+    with pytest.raises(ModelError, match=f"{pointer} is a Git LFS pointer"):
         load_original_state_dict(pointer)
+
+
+def test_a_truncated_file_is_refused_naming_it(tmp_path, fork_state):
+    path = tmp_path / "model_e100_lr0.0001.pt.100"
+    torch.save(fork_state, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # an interrupted download
+    with pytest.raises(ModelError, match=f"{path}: cannot read as a torch state dict") as info:
+        load_original_state_dict(path)
+    assert "truncated" in str(info.value)
 
 
 # ---- the command line, then generate and evaluate with the imported model -----------------------
@@ -619,3 +435,142 @@ def test_cli_help_lists_the_flags(capsys):
     for flag in ("--checkpoint", "--domain", "--encoder", "--output-dir"):
         assert flag in text
     assert np.all([d in text for d in DOMAINS])
+
+
+# ---- an imported model is used like a trained one: draw, the demo, the pipeline ----------------
+
+
+def test_draw_and_the_readme_example_on_an_imported_model(imported, tmp_path, capsys):
+    from markup2im.pipeline import Markup2ImPipeline
+
+    out, gif = tmp_path / "out.png", tmp_path / "out.gif"
+    code = cli_main(
+        ["draw", "--model-dir", str(imported), "x^2+3-y_1=n", "--output", str(out),
+         "--gif", str(gif), "--steps", "2", "--seed", "4", "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    with Image.open(out) as image:
+        assert (image.size, image.mode) == ((TINY_HW[1], TINY_HW[0]), "L")
+        drawn = np.asarray(image)
+    with Image.open(gif) as animation:
+        assert animation.n_frames > 1
+    # the README's Python example, as written there, with this model directory
+    pipe = Markup2ImPipeline.from_pretrained(str(imported))
+    drawing = pipe([r"x^2+3-y_1=n", r"\frac{1}{y}"], sampler="ddim", steps=10, seed=0)
+    drawing.images[0].save(tmp_path / "example.png")
+    assert [i.size for i in drawing.images] == [(TINY_HW[1], TINY_HW[0])] * 2
+    # the command line drew what the pipeline draws (markup alone, example 0 of its seed)
+    again = pipe("x^2+3-y_1=n", sampler="ddim", steps=2, seed=4).images[0]
+    assert (np.asarray(again) == drawn).all()
+
+
+def test_demo_on_an_imported_model(imported, tmp_path):
+    from markup2im.demo import Demo
+
+    demo = Demo.load(imported, tmp_path, device="cpu")
+    assert demo.spec.name == "math"  # recorded by the import (original_checkpoint.json)
+    assert demo.describe().startswith(f"math model, {TINY_HW[1]}x{TINY_HW[0]} grayscale")
+    result = demo.compare("x^2", steps=2, seed=1)
+    assert result.notes == []
+    assert result.image is not None and result.image.size == (TINY_HW[1], TINY_HW[0])
+    assert result.animation is not None and result.animation.is_file()
+    # LaTeX's rendering of the same markup at the model's size, and their scores
+    assert result.rendered is not None, result.render_error
+    assert result.dtw is not None and result.dtw >= 0
+
+
+# ---- the released path for real: the workflow on full-size checkpoints ---------------------------
+
+RELEASED_FORMULAS = [r"x^{2}+y^{2}=z^{2}", r"\frac{a}{b}", r"\sqrt{x+1}", r"e^{i\pi}+1=0"]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _encoder_768(directory: Path) -> Path:
+    """A local, random, one-layer GPT-Neo with gpt-neo-125M's width (768) over bytes: the
+    cross-attention width the released math model expects, no hub."""
+    from transformers import ByT5Tokenizer, GPTNeoConfig, GPTNeoModel
+
+    tokenizer = ByT5Tokenizer()
+    config = GPTNeoConfig(
+        vocab_size=len(tokenizer), hidden_size=768, num_layers=1, num_heads=12,
+        attention_types=[[["global"], 1]], max_position_embeddings=1100, intermediate_size=256,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    GPTNeoModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _released_config(workdir: Path) -> dict:
+    """config/released.yaml for math only, on four formulas rendered here (two test ones, at the
+    paper's 320x64), the local encoder, 2-step DDIM, on the CPU, without CLIP."""
+    from test_workflow import RELEASED  # the workflow tests' paths and runner, reused
+
+    config = yaml.safe_load(RELEASED.read_text())
+    math_ = config["datasets"]["math"]
+    (workdir / "formulas.txt").write_text("\n".join(RELEASED_FORMULAS) + "\n", encoding="utf-8")
+    math_["source"] = {
+        "render": {"markup_file": "formulas.txt", "train": 1, "validation": 1, "test": 2}
+    }
+    math_["model"]["encoder"] = str(_encoder_768(workdir / "encoder-768"))
+    math_["generate"].update(batch_size=2, frames=1)
+    math_["gpu"] = 0
+    config["datasets"] = {"math": math_}
+    config["samplers"] = {"ddim2": {"sampler": "ddim", "steps": 2, "frames_every": 1}}
+    config["evaluate"] = {"clip_model": None}
+    small = {"threads": 1, "mem_mb": 4000, "runtime": 30}
+    config["resources"] = {k: dict(small) for k in config["resources"]}
+    return config
+
+
+@pytest.mark.slow
+def test_released_path_runs_for_real(tmp_path):
+    """Random full-size checkpoints in the authors' math layout (tests/data/original-keys) for
+    both methods: the workflow imports them, generates, evaluates, and builds the tables (with
+    the paired comparison) and the report; nothing is trained. About 2 minutes on 2 cores,
+    3.2 GB of files (removed when it passes)."""
+    from test_workflow import RUN_TIMEOUT, assert_ok, job_counts, output_of, snakemake, write_config
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    config = _released_config(workdir)
+    for seed, entry in enumerate(config["datasets"]["math"]["released"].values()):
+        checkpoint = workdir / entry["checkpoint"]
+        checkpoint.parent.mkdir(parents=True)
+        torch.save(random_state(reference_keys("math"), seed=seed), checkpoint)
+    configfile = write_config(tmp_path / "released.yaml", config)
+
+    proc = snakemake(workdir, "--configfile", configfile, timeout=RUN_TIMEOUT)
+    assert_ok(proc, workdir)
+    counts = job_counts(output_of(proc))
+    assert counts["import_original"] == 2 and counts["generate"] == counts["evaluate"] == 2
+    assert "train" not in counts and "loss_curves" not in counts
+    for method in ("baseline", "scheduled_sampling"):
+        model = workdir / "results" / "math" / method / "released" / "model"
+        record = json.loads((model / PROVENANCE_FILE).read_text())
+        assert (record["entries"], record["parameters"]) == (999, 208_996_609)
+        images = sorted((model.parents[1] / "ddim2" / "samples" / "images").glob("*.png"))
+        assert len(images) == 2 and Image.open(images[0]).size == (320, 64)
+
+    table = read_csv(workdir / "results" / "summary" / "metrics_table.csv")
+    assert [(r["dataset"], r["method"]) for r in table] == [
+        ("math", "released baseline (ddim2)"),
+        ("math", "released scheduled_sampling (ddim2)"),
+    ]
+    assert all(math.isfinite(float(r["dtw_mean"])) and int(r["count"]) == 2 for r in table)
+    paired = read_csv(workdir / "results" / "summary" / "paired_table.csv")
+    assert {(r["dataset"], r["sampler"]) for r in paired} == {("math", "ddim2 (released models)")}
+    assert {r["metric"] for r in paired} >= {"dtw", "ssim", "mse"}
+
+    report = tmp_path / "report.html"
+    proc = snakemake(workdir, "--configfile", configfile, "--report", report, timeout=RUN_TIMEOUT)
+    assert_ok(proc, workdir)
+    assert report.stat().st_size > 0
+    shutil.rmtree(workdir / "released")  # 0.8 GB checkpoints and models: not kept by pytest
+    for model in workdir.glob("results/math/*/released"):
+        shutil.rmtree(model)

@@ -2,24 +2,28 @@
 
 The authors trained with their fork of diffusers 0.2.4 and released plain ``torch.save`` state
 dicts of its ``UNet2DConditionModel`` (``model_e100_lr0.0001.pt.100``, one per domain and method).
-The math model has 999 entries and 208,996,609 parameters. That layout differs from ours in:
+Each has 999 entries: 208,996,609 parameters for math, tables and music, 194,444,163 for
+molecules (RGB, 384-wide encoder states). That layout differs from ours in:
 
 * names: ``down_blocks``/``up_blocks`` (ours ``down_levels``/``up_levels``),
   ``downsamplers.0``/``upsamplers.0`` (ours ``downsample``/``upsample``), ``mid_block.attentions.0``
   (ours ``mid_block.attention``), and the transformer's layers under ``transformer_blocks.0``;
 * ``proj_in``/``proj_out`` of each transformer block are 1x1 convolutions there, linear layers
   here (the same map on every pixel: the kernel ``(C, C, 1, 1)`` is the weight ``(C, C)``);
-* the 2-D image-position tables are fixed-size there (the same size at every level) and sized per
-  level here: the rows and columns a level uses are its leading entries; the text-position tables
-  have 1025 rows there (1024 markup tokens + the end token), ours ``max_markup_length + 1``.
+* the position tables of each transformer block (the fork's
+  ``SpatialDecoderPositionEncoderPositionTransformer``) are ``wpe_h`` (image rows, 64 x C/2),
+  ``wpe_w`` (image columns, 320 x C/2) and ``wpe_l`` (markup positions, 1025 x the encoder's
+  width), the same size at every level; ours are sized per level: the rows and columns a level
+  uses are the leading entries of the original's, and the text-position table keeps its first
+  ``max_markup_length + 1`` rows (1024 markup tokens + the end token in the paper).
 
+:func:`original_shapes` is the exact layout (names and shapes) of the authors' file for a
+denoiser; the tests compare it with every entry of the authors' four models.
 :func:`convert_state_dict` checks that every entry of the file is used and every parameter of our
-denoiser is filled, with the right shape, and names each entry that is not; :func:`import_original`
-writes a model directory that ``generate`` and ``evaluate`` use like a trained one.
-
-The names of the three position tables of a block (:data:`ORIGINAL_POSITION_NAMES`) are the only
-names here not taken from upstream diffusers 0.2.4; if a file names them differently, the import
-stops and lists the entries it did not expect next to those it missed.
+denoiser is filled, with the right shape, and names each entry that is not (a file that names the
+position tables otherwise fails listing the entries it did not expect next to those it missed);
+:func:`import_original` writes a model directory that ``generate``, ``draw`` and the demo use like
+a trained one.
 """
 
 from __future__ import annotations
@@ -42,11 +46,18 @@ from markup2im.presets import get_domain, get_model_preset
 
 logger = logging.getLogger(__name__)
 
-#: Our name of a position table in a transformer block -> the original's (``.weight`` follows).
+#: Our name of a position table in a transformer block -> the original's (``.weight`` follows):
+#: da03/diffusers, models/attention.py, ``SpatialDecoderPositionEncoderPositionTransformer``.
 ORIGINAL_POSITION_NAMES: dict[str, str] = {
-    "row_embedding": "decoder_position_embedding_row",
-    "col_embedding": "decoder_position_embedding_col",
-    "text_position_embedding": "encoder_position_embedding",
+    "row_embedding": "wpe_h",
+    "col_embedding": "wpe_w",
+    "text_position_embedding": "wpe_l",
+}
+#: Rows of each position table in the original, at every level (its max_h, max_w, max_l).
+ORIGINAL_TABLE_ROWS: dict[str, int] = {
+    "row_embedding": 64,
+    "col_embedding": 320,
+    "text_position_embedding": 1025,
 }
 #: Written into an imported model directory: where its weights came from.
 PROVENANCE_FILE = "original_checkpoint.json"
@@ -69,6 +80,7 @@ class Entry:
     ours: str
     kind: str
     shape: tuple[int, ...]  # our parameter's shape
+    original_shape: tuple[int, ...]  # the tensor's shape in the authors' file
 
 
 def _block_entry(prefix: str, local: str) -> tuple[str, str]:
@@ -105,8 +117,25 @@ def original_layout(denoiser: MarkupUNet) -> list[Entry]:
         block = _BLOCK.match(key)
         if block:
             key, kind = _block_entry(block.group(1), block.group(2))
-        entries.append(Entry(key, ours, kind, tuple(tensor.shape)))
+        shape = tuple(tensor.shape)
+        entries.append(Entry(key, ours, kind, shape, _original_shape(ours, kind, shape)))
     return entries
+
+
+def _original_shape(ours: str, kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape that the authors' file stores for our parameter ``ours`` of ``shape``."""
+    if kind == CONV_1X1:
+        return (*shape, 1, 1)
+    if kind == LEADING_ROWS:
+        table = ours.split(".")[-2]  # e.g. down_levels.2.attentions.0.row_embedding.weight
+        return (ORIGINAL_TABLE_ROWS[table], *shape[1:])
+    return shape
+
+
+def original_shapes(denoiser: MarkupUNet) -> dict[str, tuple[int, ...]]:
+    """Every entry (name -> shape) of the authors' checkpoint that fills ``denoiser``: the
+    layout of their released file for a paper-preset denoiser of the domain's size."""
+    return {e.original: e.original_shape for e in original_layout(denoiser)}
 
 
 def _converted(entry: Entry, tensor: torch.Tensor) -> torch.Tensor | str:
@@ -176,12 +205,26 @@ def load_original_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors have no common base class
-        raise ModelError(f"{path}: cannot read as a torch state dict ({exc})") from exc
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
-    ):
-        raise ModelError(f"{path}: not a state dict (a mapping of names to tensors)")
+        raise ModelError(
+            f"{path}: cannot read as a torch state dict ({exc}); a truncated or damaged "
+            f"download fails so: compare its size and sha256 with the original's"
+        ) from exc
+    problem = _not_a_state_dict(state)
+    if problem:
+        raise ModelError(f"{path}: not a state dict (a mapping of names to tensors): {problem}")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _not_a_state_dict(state: object) -> str | None:
+    """Why ``state`` is not a mapping of names to tensors (its first offending entry), or None."""
+    if not isinstance(state, Mapping):
+        return f"the file holds a {type(state).__name__}"
+    for key, value in state.items():
+        if not isinstance(key, str):
+            return f"entry {key!r} has a {type(key).__name__} name"
+        if not torch.is_tensor(value):
+            return f"entry {key!r} is a {type(value).__name__}, not a tensor"
+    return None
 
 
 def _sha256(path: Path) -> str:
