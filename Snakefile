@@ -63,6 +63,7 @@ localrules:
     gif_compare,
     metrics_table,
     paired,
+    paired_method,
     paired_table,
     metric_plots,
     loss_curves,

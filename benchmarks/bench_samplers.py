@@ -1,15 +1,20 @@
 """Samplers on trained models: DTW ratio to a blank page and seconds, side by side in one run.
 
-Generates the test split of a dataset with each sampler (the paper's 1000-step DDPM, DDIM and
-DPM-Solver++ at a few step counts) for each trained model and scores it against the gold images.
-The column "vs ddpm" is the sampler's mean DTW over 1000-step DDPM's (1.00 = as good); "img/s"
-is images generated per second (whole generate call) and "speed" its ratio to 1000-step DDPM's
-(the goal on a GPU: DPM-Solver++ with 20 steps at least 40x). By default it uses what `make run`
-trained (results/math).
+Generates a dataset split with each sampler (the paper's 1000-step DDPM, DDIM and DPM-Solver++ at
+a few step counts), each epsilon scale (``--eps-scales``: 1 is the plain sampler) and each
+trained model, and scores it against the gold images. "vs ddpm" is the mean DTW over 1000-step
+DDPM's of the same model (1.00 = as good); "img/s" is images generated per second (whole
+generate call) and "speed" its ratio to 1000-step DDPM's (the goal on a GPU: DPM-Solver++ with 20
+steps at least 40x). With ``--paired-against LABEL``, every other run gets the paired comparison
+of its per-image DTW with that model's plain run of the same sampler (mean difference, 95%
+bootstrap interval, win rate): the comparison of methods and epsilon scales on equal terms. By
+default it uses what `make run` trained (results/math).
 
     python benchmarks/bench_samplers.py
     python benchmarks/bench_samplers.py --runs ddpm:1000 ddim:25 dpmsolver++:20 --threads 2
     python benchmarks/bench_samplers.py --device cuda --precision bf16 --batch-size 16
+    python benchmarks/bench_samplers.py --runs ddim:10 --eps-scales 1 1.005 1.01 \\
+        --models baseline=results/math/baseline/train/model ip=run/model --paired-against baseline
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from pathlib import Path
 
 import torch
 
+from markup2im.eps_scaling import EpsScale
+from markup2im.figures.paired import paired_comparison
 from markup2im.generate import generate
 from markup2im.metrics import evaluate_dirs
-from markup2im.names import PRECISIONS
+from markup2im.names import PAPER_METHODS, PRECISIONS
 
 DEFAULT_RUNS = ("ddpm:1000", "ddim:10", "ddim:25", "ddim:50", "dpmsolver++:10", "dpmsolver++:20")
 
@@ -33,8 +40,15 @@ DEFAULT_RUNS = ("ddpm:1000", "ddim:10", "ddim:25", "ddim:50", "dpmsolver++:10", 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", default="results/math", help="a dataset's results directory")
-    p.add_argument("--methods", nargs="+", default=["baseline", "scheduled_sampling"])
+    p.add_argument("--methods", nargs="+", default=list(PAPER_METHODS),
+                   help="methods whose models under --results are run")  # fmt: skip
+    p.add_argument("--models", nargs="+", default=None, metavar="LABEL=DIR",
+                   help="model directories to run instead of --methods")  # fmt: skip
+    p.add_argument("--data", default=None, help="dataset directory (default: RESULTS/data/dataset)")
     p.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), help="SAMPLER:STEPS ...")
+    p.add_argument("--eps-scales", nargs="+", default=["1"], help="epsilon scales (1: plain)")
+    p.add_argument("--paired-against", default=None, metavar="LABEL",
+                   help="compare every run with this model's plain run of the same sampler")  # fmt: skip
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -46,42 +60,80 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def model_dirs(args: argparse.Namespace) -> dict[str, Path]:
+    """The models to run, by label: --models, else each method's model under --results."""
+    if args.models:
+        pairs = [item.split("=", 1) for item in args.models]
+        return {label: Path(path) for label, path in pairs}
+    results = Path(args.results)
+    return {method: results / method / "train" / "model" for method in args.methods}
+
+
+def run_one(args: argparse.Namespace, model_dir: Path, data: Path, run: str, scale: EpsScale,
+            out: Path) -> dict:  # fmt: skip
+    """Generate and score one (model, sampler, epsilon scale): the table's row."""
+    sampler, steps = run.rsplit(":", 1)
+    started = time.perf_counter()
+    generate(model_dir, data, out, split=args.split, sampler=sampler,
+             num_inference_steps=int(steps), seed=args.seed, device=args.device,
+             precision=args.precision, batch_size=args.batch_size, limit=args.limit,
+             eps_scale=scale)  # fmt: skip
+    seconds = time.perf_counter() - started
+    summary = evaluate_dirs(out / "images", out / "gold", out / "metrics.csv", workers=1)
+    return {"sampler": sampler, "steps": int(steps), "eps_scale": str(scale),
+            "seconds": seconds, "dtw": summary["dtw"]["mean"],
+            "blank_dtw": summary["blank"]["dtw"]["mean"], "ratio": summary["dtw_ratio_to_blank"],
+            "count": summary["count"], "images_per_s": summary["count"] / seconds,
+            "metrics_csv": str(out / "metrics.csv")}  # fmt: skip
+
+
+def add_paired(rows: list[dict], against: str) -> None:
+    """Each row's paired DTW comparison with ``against``'s plain run of the same sampler."""
+    plain = {(r["sampler"], r["steps"]): r for r in rows
+             if r["model"] == against and EpsScale.parse(r["eps_scale"]).identity}  # fmt: skip
+    for r in rows:
+        reference = plain.get((r["sampler"], r["steps"]))
+        if reference is None or reference is r:
+            continue
+        dtw = paired_comparison(reference["metrics_csv"], r["metrics_csv"])[0]
+        r["paired"] = {k: dtw[k] for k in ("mean_difference", "ci_low", "ci_high", "win_rate")}
+
+
+def print_table(rows: list[dict]) -> None:
+    reference = {r["model"]: r for r in rows if (r["sampler"], r["steps"]) == ("ddpm", 1000)
+                 and EpsScale.parse(r["eps_scale"]).identity}  # fmt: skip
+    print(f"{'model':<19} {'sampler':<12} {'steps':>5} {'eps':>14} {'seconds':>8} {'img/s':>8} "
+          f"{'speed':>7} {'dtw':>7} {'/ blank':>8} {'vs ddpm':>8}  paired DTW (95% CI, win)")  # fmt: skip
+    for r in rows:
+        ref = reference.get(r["model"])
+        versus = f"{r['dtw'] / ref['dtw']:.2f}" if ref else "-"
+        speed = f"{r['images_per_s'] / ref['images_per_s']:.1f}x" if ref else "-"
+        paired = r.get("paired")
+        shown = (f"{paired['mean_difference']:+.3f} ({paired['ci_low']:+.3f} to "
+                 f"{paired['ci_high']:+.3f}, {paired['win_rate']:.2f})" if paired else "-")  # fmt: skip
+        print(f"{r['model']:<19} {r['sampler']:<12} {r['steps']:>5} {r['eps_scale']:>14} "
+              f"{r['seconds']:>8.1f} {r['images_per_s']:>8.3f} {speed:>7} {r['dtw']:>7.2f} "
+              f"{r['ratio']:>8.3f} {versus:>8}  {shown}")  # fmt: skip
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    results = Path(args.results)
-    data = results / "data" / "dataset"
+    data = Path(args.data) if args.data else Path(args.results) / "data" / "dataset"
+    scales = [EpsScale.parse(s, "--eps-scales") for s in args.eps_scales]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods:
-            model_dir = results / method / "train" / "model"
+        for label, model_dir in model_dirs(args).items():
             for run in args.runs:
-                sampler, steps = run.rsplit(":", 1)
-                out = Path(tmp) / method / run.replace(":", "-")
-                started = time.perf_counter()
-                generate(model_dir, data, out, split=args.split, sampler=sampler,
-                         num_inference_steps=int(steps), seed=args.seed, device=args.device,
-                         precision=args.precision, batch_size=args.batch_size,
-                         limit=args.limit)  # fmt: skip
-                seconds = time.perf_counter() - started
-                summary = evaluate_dirs(out / "images", out / "gold", out / "m.csv", workers=1)
-                rows.append({"method": method, "sampler": sampler, "steps": int(steps),
-                             "seconds": seconds, "dtw": summary["dtw"]["mean"],
-                             "blank_dtw": summary["blank"]["dtw"]["mean"],
-                             "ratio": summary["dtw_ratio_to_blank"], "count": summary["count"]})  # fmt: skip
-    reference = {r["method"]: r for r in rows if (r["sampler"], r["steps"]) == ("ddpm", 1000)}
+                for k, scale in enumerate(scales):
+                    out = Path(tmp) / label / run.replace(":", "-") / str(k)
+                    rows.append({"model": label, **run_one(args, model_dir, data, run, scale, out)})
+        if args.paired_against:
+            add_paired(rows, args.paired_against)
     for r in rows:
-        r["images_per_s"] = r["count"] / r["seconds"]
-    print(f"{'method':<19} {'sampler':<12} {'steps':>5} {'seconds':>8} {'img/s':>8} "
-          f"{'speed':>7} {'dtw':>7} {'/ blank':>8} {'vs ddpm':>8}")  # fmt: skip
-    for r in rows:
-        ref = reference.get(r["method"])
-        versus = f"{r['dtw'] / ref['dtw']:.2f}" if ref else "-"
-        speed = f"{r['images_per_s'] / ref['images_per_s']:.1f}x" if ref else "-"
-        print(f"{r['method']:<19} {r['sampler']:<12} {r['steps']:>5} {r['seconds']:>8.1f} "
-              f"{r['images_per_s']:>8.3f} {speed:>7} {r['dtw']:>7.2f} {r['ratio']:>8.3f} "
-              f"{versus:>8}")  # fmt: skip
+        r.pop("metrics_csv")
+    print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
 

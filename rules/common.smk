@@ -7,13 +7,13 @@ import shlex
 from pathlib import Path
 
 from markup2im.errors import ConfigError
-from markup2im.names import BASELINE
+from markup2im.names import BASELINE, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 from markup2im.names import METHODS as REGISTERED_METHODS
 from markup2im.workflow import paths
 from markup2im.workflow.config import load_config
 from markup2im.workflow.flags import threads_per_process
 from markup2im.workflow.paths import alternatives, benchmark, for_method, log
-from markup2im.workflow.plan import TREATMENT, Plan
+from markup2im.workflow.plan import Plan
 
 from snakemake.exceptions import WorkflowError
 
@@ -31,6 +31,10 @@ except ConfigError as err:
 
 DATASETS, METHODS = PLAN.datasets, PLAN.methods
 ENCODERS = PLAN.hub_encoders()
+# methods whose paired comparison has their name in its path (paths.PAIRED_METHOD)
+NAMED_TREATMENTS = [
+    m for m in REGISTERED_METHODS if m not in (BASELINE, paths.PAPER_TREATMENT)
+]
 
 
 # ---- resources and params of every rule --------------------------------------------------------
@@ -240,8 +244,21 @@ def paired_labels(w) -> list[str]:
     return PLAN.paired_labels()
 
 
+def treatment(w) -> str:
+    """The method compared with the baseline: the {method}, or the paper's (rule paired)."""
+    return w.get("method", paths.PAPER_TREATMENT)
+
+
 def paired_title(w) -> str:
-    return shlex.quote(PLAN[w.dataset].paired_title(w.sampler))
+    return shlex.quote(PLAN[w.dataset].paired_title(w.sampler, treatment(w)))
+
+
+def paired_run_labels(w) -> str:
+    return shlex.quote(PLAN[w.dataset].paired_run_labels(treatment(w)))
+
+
+def paired_table_run_labels(w) -> str:
+    return shlex.quote(PLAN.paired_table_run_labels())
 
 
 def gif_every(panels: int):

@@ -1,6 +1,8 @@
 """GIFs, tables and plots, each registered for `snakemake --report`.
 
 GIFs and tables are wrapped in self-contained HTML pages so that the report shows them inline.
+When the baseline runs, every other method gets a paired comparison with it per sampler (rules
+paired and paired_method), and the paired table gathers them all.
 """
 
 # Every rule here is a small figures job (seconds): one place for what each asks for.
@@ -117,7 +119,7 @@ rule metrics_table:
 rule paired:
     input:
         baseline=for_method(paths.METRICS, BASELINE),
-        treatment=for_method(paths.METRICS, TREATMENT),
+        treatment=for_method(paths.METRICS, paths.PAPER_TREATMENT),
     output:
         table=paths.PAIRED,
         page=report(
@@ -139,14 +141,37 @@ rule paired:
     params:
         version=version("figures"),
         title=paired_title,
-        resamples=10000,
-        seed=0,
-        confidence=0.95,
+        labels=paired_run_labels,
+        resamples=BOOTSTRAP_RESAMPLES,
+        seed=BOOTSTRAP_SEED,
+        confidence=CONFIDENCE,
     shell:
         "markup2im figures paired --baseline {input.baseline} --treatment {input.treatment}"
         " --output {output.table} --html {output.page} --title {params.title}"
-        " --resamples {params.resamples} --seed {params.seed}"
+        " --labels {params.labels} --resamples {params.resamples} --seed {params.seed}"
         " --confidence {params.confidence} > {log} 2>&1"
+
+
+# Every other method against the baseline: the same job, with the method in its paths.
+use rule paired as paired_method with:
+    input:
+        baseline=for_method(paths.METRICS, BASELINE),
+        treatment=paths.METRICS,
+    output:
+        table=paths.PAIRED_METHOD,
+        page=report(
+            paths.PAIRED_METHOD_PAGE,
+            caption="../report/paired.rst",
+            category="Metrics",
+            subcategory="{dataset}",
+            labels={"figure": "paired comparison, {method}", "sampler": "{sampler}"},
+        ),
+    log:
+        log("figures", "{dataset}/{sampler}/paired_{method}"),
+    benchmark:
+        benchmark("figures", "{dataset}/{sampler}/paired_{method}")
+    wildcard_constraints:
+        method=alternatives(NAMED_TREATMENTS),
 
 
 rule paired_table:
@@ -173,9 +198,10 @@ rule paired_table:
     params:
         version=version("figures"),
         paired=labelled("--paired", paired_labels),
+        labels=paired_table_run_labels,
     shell:
         "markup2im figures paired-table {params.paired} --output {output.table}"
-        " --html {output.page} > {log} 2>&1"
+        " --html {output.page} --labels {params.labels} > {log} 2>&1"
 
 
 rule metric_plots:

@@ -1,5 +1,6 @@
-"""Models: one accelerate training job per dataset and method (baseline, scheduled_sampling),
-or, for the methods of a dataset's `released` entry, the import of the authors' released checkpoint.
+"""Models: one accelerate training job per dataset and method (those that `methods` lists:
+baseline, scheduled_sampling, input_perturbation), or, for the methods of a dataset's `released`
+entry, the import of the authors' released checkpoint.
 
 The run directory (results/{dataset}/{method}/train) also holds checkpoints/ and the command's own
 train_log.csv. They are not outputs, so a failed, preempted or interrupted (Ctrl-C) job keeps them

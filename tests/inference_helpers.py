@@ -74,3 +74,39 @@ def pixels(path: Path | Image.Image) -> np.ndarray:
         return np.asarray(path)
     with Image.open(path) as image:
         return np.asarray(image)
+
+
+class ToyModel:
+    """A model the sampling loops accept (markup2im.sampling.SamplingModel) whose output is a
+    fixed elementwise function of (sample, t): cheap enough for every sampler at every step
+    count and for every prediction type, and computable by hand in float64 (:meth:`output`)."""
+
+    channels, height, width = 1, 8, 8
+
+    def __init__(self, prediction_type: str = "epsilon", num_train_timesteps: int = 1000) -> None:
+        import torch
+
+        from markup2im.model import DEFAULT_SCHEDULER_CONFIG
+
+        self.scheduler_config = {
+            **DEFAULT_SCHEDULER_CONFIG,
+            "prediction_type": prediction_type,
+            "num_train_timesteps": num_train_timesteps,
+        }
+        self.denoiser = torch.nn.Conv2d(1, 1, 1)  # only where the loops look for the device
+        self.calls: list[tuple] = []  # (sample, timesteps) of every call
+
+    def encode(self, markups: list[str]) -> tuple:
+        import torch
+
+        return torch.zeros(len(markups), 1, 4), torch.ones(len(markups), 1, dtype=torch.long)
+
+    @staticmethod
+    def output(sample, timesteps):
+        """The output for ``sample`` (B, C, H, W) at ``timesteps`` (B,), in sample's dtype."""
+        t = timesteps.to(sample.dtype).reshape(-1, 1, 1, 1)
+        return 0.8 * sample.tanh() + 0.1 * (t / 150).cos()
+
+    def __call__(self, sample, timesteps, encoder_hidden_states, encoder_attention_mask):
+        self.calls.append((sample.clone(), timesteps.clone()))
+        return self.output(sample, timesteps)

@@ -103,3 +103,60 @@ def test_unknown_prediction_type_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="prediction type 'noise'"):
         NoiseSchedule(torch.linspace(0.99, 0.01, 10), "noise")
+
+
+# -- epsilon scaling: the output with its implied noise divided by lambda ------------------------
+
+
+def _hand_eps(kind: str, x_t: torch.Tensor, output: torch.Tensor, a, s) -> torch.Tensor:
+    """The noise a model output of type ``kind`` implies for x_t (float64, by hand)."""
+    if kind == "epsilon":
+        return output
+    if kind == "sample":  # x_t = a x0 + s eps
+        return (x_t - a * output) / s
+    return a * output + s * x_t  # v = a eps - s x0
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_scale_noise_divides_the_implied_noise_by_hand(kind: str) -> None:
+    """The scaled output implies the noise eps / lambda and the x0 that, with that noise, makes
+    x_t again; it is that (x0, noise) pair in the model's own parameterisation."""
+    schedule = NoiseSchedule.from_scheduler_config({**paper_config(), "prediction_type": kind})
+    gen = torch.Generator().manual_seed(4)
+    x_t = torch.randn(3, 1, 4, 5, generator=gen)
+    output = torch.randn(3, 1, 4, 5, generator=gen)  # any output: a model's is not the target
+    t = torch.tensor([1, 300, 990])
+    scale = torch.tensor([1.01, 1.2, 0.9])
+    got = schedule.scale_noise(x_t, output, t, scale)
+    assert got.dtype == torch.float32 and got.shape == output.shape
+
+    abar = torch.from_numpy(hand_abar()[t.numpy()]).reshape(-1, 1, 1, 1)
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    lam = scale.double().reshape(-1, 1, 1, 1)
+    x, out = x_t.double(), output.double()
+    eps = _hand_eps(kind, x, out, a, s) / lam
+    x0 = (x - s * eps) / a
+    want = {"epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0}[kind]
+    np.testing.assert_allclose(got.double().numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+    # the implied noise of the result is exactly eps / lambda, its x0 consistent with x_t
+    implied = _hand_eps(kind, x, got.double(), a, s)
+    np.testing.assert_allclose(
+        implied.numpy(), (_hand_eps(kind, x, out, a, s) / lam).numpy(), rtol=1e-4, atol=1e-4
+    )
+    implied_x0 = schedule.x0_from_output(x_t, got, t).double()
+    np.testing.assert_allclose((a * implied_x0 + s * implied).numpy(), x.numpy(), atol=1e-4)
+    if kind == "epsilon":  # a plain division, nothing else
+        assert torch.equal(got, output / scale.reshape(-1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_scale_noise_of_one_keeps_the_output_and_its_dtype(kind: str) -> None:
+    schedule = NoiseSchedule.from_scheduler_config({**paper_config(), "prediction_type": kind})
+    gen = torch.Generator().manual_seed(5)
+    x_t = torch.randn(2, 3, 4, 4, generator=gen)
+    output = torch.randn(2, 3, 4, 4, generator=gen)
+    t = torch.tensor([20, 700])
+    same = schedule.scale_noise(x_t, output, t, torch.ones(2))
+    torch.testing.assert_close(same, output, atol=2e-4, rtol=0)
+    half = schedule.scale_noise(x_t.bfloat16(), output.bfloat16(), t, torch.full((2,), 1.1))
+    assert half.dtype == torch.bfloat16

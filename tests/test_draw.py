@@ -110,6 +110,9 @@ def test_damaged_model_dir_names_the_missing_file(
         (["--markup-file", "f.txt", "--output-dir", "o", "--gif", "a.gif"], "--output and --gif"),
         (["x", "--output-dir", "o"], "--output-dir and --gifs are for --markup-file"),
         (["x", "--seed", "-1"], "must be >= 0"),
+        (["x", "--eps-scale", "0"], "argument --eps-scale: must be > 0, got 0"),
+        (["x", "--eps-scale", "k=1,c=2"], "argument --eps-scale: unknown keys ['c']"),
+        (["x", "--eps-scale", "big"], "argument --eps-scale: expected a number or k=...,b=..."),
     ],
 )
 def test_flags_that_do_not_go_together(
@@ -125,6 +128,34 @@ def test_output_must_be_a_png(untrained_dir: Path, tmp_path: Path, capsys) -> No
         capsys,
     )
     assert code == 2 and "ends in .png" in err
+
+
+def test_eps_scale_reaches_the_drawing(untrained_dir: Path, tmp_path: Path, capsys) -> None:
+    """draw --eps-scale draws what the pipeline draws with that eps_scale (one markup, and each
+    line of a file as a single draw with seed + i), and says so."""
+    pipe = Markup2ImPipeline.from_pretrained(untrained_dir, device="cpu")
+    code = main([
+        "draw", "--model-dir", str(untrained_dir), FORMULAS[0], "--output",
+        str(tmp_path / "one.png"), "--steps", "3", "--seed", "1", "--eps-scale", "1.05",
+    ])  # fmt: skip
+    assert code == 0
+    assert "ddim 3 steps, eps scale 1.05, seed 1" in capsys.readouterr().out
+    scaled = pipe(FORMULAS[0], steps=3, seed=1, eps_scale=1.05).images[0]
+    assert np.array_equal(pixels(tmp_path / "one.png"), pixels(scaled))
+    assert not np.array_equal(pixels(scaled), pixels(pipe(FORMULAS[0], steps=3, seed=1).images[0]))
+
+    (tmp_path / "f.txt").write_text("\n".join(FORMULAS[:2]) + "\n", encoding="utf-8")
+    code = main([
+        "draw", "--model-dir", str(untrained_dir), "--markup-file", str(tmp_path / "f.txt"),
+        "--output-dir", str(tmp_path / "out"), "--steps", "3", "--seed", "4", "--batch-size", "1",
+        "--eps-scale", "k=1e-4,b=1.02",
+    ])  # fmt: skip
+    assert code == 0
+    assert "(ddim, 3 steps, eps scale k=0.0001,b=1.02, seeds 4..5)" in capsys.readouterr().out
+    names = assign_filenames(FORMULAS[:2])
+    for i, markup in enumerate(FORMULAS[:2]):
+        single = pipe(markup, steps=3, seed=4 + i, eps_scale={"k": 1e-4, "b": 1.02}).images[0]
+        assert np.array_equal(pixels(tmp_path / "out" / names[i]), pixels(single))
 
 
 def test_encoder_says_by_how_many_tokens_it_truncates(caplog) -> None:

@@ -190,3 +190,25 @@ def test_paired_commands(pair: tuple[Path, Path], tmp_path: Path, capsys) -> Non
     assert main([*args, "--output", str(out_csv), "--resamples", "0"]) == 2
     assert "--resamples" in capsys.readouterr().err
     json.dumps(rows)  # plain values only
+
+
+def test_labels_name_the_compared_runs_in_the_pages(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """--labels reaches both pages; without it they name the paper's two methods."""
+    args = ["figures", "paired", "--baseline", str(pair[0]), "--treatment", str(pair[1])]
+    page, out_csv = tmp_path / "p.html", tmp_path / "p.csv"
+    common = ["--output", str(out_csv), "--html", str(page), "--resamples", "50"]
+    assert main([*args, *common, "--labels", "baseline,input perturbation"]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert "input perturbation mean" in text and "scheduled sampling" not in text
+    assert main([*args, *common]) == 0
+    assert "scheduled sampling mean" in page.read_text(encoding="utf-8")
+    table = ["figures", "paired-table", "--paired", f"math/ddim4={out_csv}"]
+    html = tmp_path / "t.html"
+    assert main([*table, "--output", str(tmp_path / "t.csv"), "--html", str(html),
+                 "--labels", "baseline,method"]) == 0  # fmt: skip
+    assert "method \u2212 baseline" in html.read_text(encoding="utf-8")
+    with pytest.raises(SystemExit) as stopped:
+        main([*table, "--output", str(tmp_path / "t.csv"), "--labels", "one"])
+    assert stopped.value.code == 2

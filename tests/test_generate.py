@@ -173,6 +173,53 @@ def test_cli_generate_with_dpmsolver(tmp_path: Path, model_dir: Path, dataset_di
     assert np.abs(diff).mean() < 8
 
 
+def test_eps_scale_from_the_command_line_reaches_the_images(
+    tmp_path: Path, model_dir: Path, dataset_dir: Path
+) -> None:
+    """--eps-scale 1 draws the plain images; --eps-scale TEXT draws what the API draws with
+    eps_scale=TEXT, which is not the plain image."""
+    common = dict(limit=2, sampler="ddim", num_inference_steps=3, seed=2, device="cpu")
+    generate(model_dir, dataset_dir, tmp_path / "plain", **common)
+    generate(model_dir, dataset_dir, tmp_path / "api", eps_scale="k=1e-4,b=1.02", **common)
+    for name, flag in (("one", "1"), ("cli", "k=1e-4,b=1.02")):
+        code = cli_main(
+            ["generate", "--model-dir", str(model_dir), "--dataset-dir", str(dataset_dir),
+             "--output-dir", str(tmp_path / name), "--limit", "2", "--sampler", "ddim",
+             "--num-inference-steps", "3", "--seed", "2", "--device", "cpu",
+             "--eps-scale", flag]
+        )  # fmt: skip
+        assert code == 0
+    for image in ("test_0.png", "test_1.png"):
+        plain = pixels(tmp_path / "plain" / "images" / image)
+        np.testing.assert_array_equal(pixels(tmp_path / "one" / "images" / image), plain)
+        scaled = pixels(tmp_path / "cli" / "images" / image)
+        np.testing.assert_array_equal(scaled, pixels(tmp_path / "api" / "images" / image))
+        assert not np.array_equal(scaled, plain)
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("0", "argument --eps-scale: must be > 0, got 0"),
+        ("k=-0.01,b=1", "argument --eps-scale: lambda_t = -0.01 t + 1 must be > 0"),
+        ("huge", "argument --eps-scale: expected a number or k=...,b=..., got 'huge'"),
+        ("k=1e-5,c=1", "argument --eps-scale: unknown keys ['c']; use k and b"),
+    ],
+)
+def test_bad_eps_scale_flag_is_a_usage_error(
+    flag: str, message: str, tmp_path: Path, model_dir: Path, dataset_dir: Path, capsys
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main(
+            ["generate", "--model-dir", str(model_dir), "--dataset-dir", str(dataset_dir),
+             "--output-dir", str(tmp_path / "o"), f"--eps-scale={flag}"]
+        )  # fmt: skip
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_generate_in_bf16_and_unknown_precision(tmp_path, model_dir, dataset_dir) -> None:
     result = generate(
         model_dir, dataset_dir, tmp_path / "bf16", limit=2, sampler="dpmsolver++",
@@ -200,6 +247,8 @@ def test_bad_settings_are_refused_before_anything_loads(tmp_path: Path) -> None:
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"limit": -1}, "limit and frames_every >= 0"),
         ({"precision": "fp16"}, "unknown precision"),
+        ({"eps_scale": 0}, "eps_scale: must be > 0"),
+        ({"eps_scale": "1.0.1"}, "eps_scale: expected a number"),
     ):
         with pytest.raises(ConfigError, match=message):
             generate(missing, missing, tmp_path / "o", device="cpu", **settings)

@@ -1,6 +1,6 @@
 """Tests of markup2im.pipeline, the one path from markup to images: the seeding rule (example k
-of seed s gets the same image alone, in a batch and in a split), frames, progress and settings,
-with an untrained tiny model."""
+of seed s gets the same image alone, in a batch and in a split), frames, progress and settings
+(epsilon scaling among them), with an untrained tiny model."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from inference_helpers import drawn_example, pixels, save_untrained_model, write_tables_dataset
 from PIL import Image
 
+from markup2im.eps_scaling import EpsScale
 from markup2im.errors import ConfigError
 from markup2im.generate import generate
 from markup2im.images import tensor_to_image
@@ -34,8 +35,10 @@ def pipe(model_dir: Path) -> Markup2ImPipeline:
     return Markup2ImPipeline.from_pretrained(model_dir, device="cpu")
 
 
-def _images(model: Markup2ImModel, markups: list[str], generators, steps: int) -> list:
-    result = sample(model, markups, generators, sampler="ddim", num_inference_steps=steps)
+def _images(model: Markup2ImModel, markups: list[str], generators, steps: int, **settings) -> list:
+    result = sample(
+        model, markups, generators, sampler="ddim", num_inference_steps=steps, **settings
+    )
     return [pixels(tensor_to_image(x)) for x in result]
 
 
@@ -179,11 +182,36 @@ def test_draw_in_bf16(pipe: Markup2ImPipeline) -> None:
         ({"frames_every": 1, "frames_for": [True]}, "frames_for has 1 entries"),
         ({"sampler": "euler"}, "unknown sampler"),
         ({"steps": 0}, "num_inference_steps must lie in 1..1000"),
+        ({"eps_scale": 0}, "eps_scale: must be > 0, got 0"),
+        ({"eps_scale": "-1"}, "eps_scale: must be > 0, got -1"),
+        ({"eps_scale": {"k": -0.01}}, r"eps_scale: lambda_t = -0.01 t \+ 1 must be > 0"),
+        ({"eps_scale": "junk"}, "eps_scale: expected a number or k=...,b=..."),
+        ({"eps_scale": {"k": 0, "scale": 2}}, r"eps_scale: unknown keys \['scale'\]"),
     ],
 )
 def test_bad_settings_are_config_errors(pipe: Markup2ImPipeline, settings, message) -> None:
     with pytest.raises(ConfigError, match=message):
         pipe(["x", "y"], **{"steps": 2, **settings})
+
+
+@pytest.mark.parametrize("identity", [None, 1, 1.0, "1", {"k": 0, "b": 1}, EpsScale()])
+def test_eps_scale_1_draws_the_plain_images(pipe: Markup2ImPipeline, identity) -> None:
+    plain = pipe(MARKUPS[:2], sampler="dpmsolver++", steps=3, seed=4).images
+    drawn = pipe(MARKUPS[:2], sampler="dpmsolver++", steps=3, seed=4, eps_scale=identity).images
+    for a, b in zip(drawn, plain, strict=True):
+        assert np.array_equal(pixels(a), pixels(b))
+
+
+@pytest.mark.parametrize("scale", [1.05, "k=1e-4,b=1.01", {"k": 1e-4, "b": 1.01}])
+def test_eps_scale_reaches_the_sampler(pipe: Markup2ImPipeline, scale) -> None:
+    """Every form of the setting is the sampler's eps_scale, and it changes the images."""
+    drawing = pipe(MARKUPS[:2], steps=4, seed=3, eps_scale=scale)
+    gens = example_generators(3, [0, 1])
+    want = _images(pipe.model, MARKUPS[:2], gens, 4, eps_scale=EpsScale.parse(scale))
+    plain = _images(pipe.model, MARKUPS[:2], example_generators(3, [0, 1]), 4)
+    for image, expected, unscaled in zip(drawing.images, want, plain, strict=True):
+        assert np.array_equal(pixels(image), expected)
+        assert not np.array_equal(pixels(image), unscaled)
 
 
 def test_devices() -> None:

@@ -193,6 +193,17 @@ BAD_CONFIGS = {
         {"datasets": {"m": minimal_dataset()}, "scheduled_sampling": {"max_m": 2}},
         ["scheduled_sampling.start", "max_m"],
     ),
+    "negative input perturbation": (
+        {"datasets": {"m": minimal_dataset()}, "input_perturbation": {"gamma": -0.1}},
+        ["input_perturbation.gamma", "-0.1"],
+    ),
+    "eps_scale not positive": (
+        {
+            "datasets": {"m": minimal_dataset()},
+            "samplers": {"es": {"sampler": "ddim", "steps": 2, "eps_scale": 0}},
+        },
+        ["samplers.es.eps_scale", "> 0"],
+    ),
 }
 
 
@@ -589,6 +600,77 @@ def test_micro_run_metrics_are_in_range_with_blank_and_paired(micro_run: Path) -
     assert [(r["dataset"], r["sampler"]) for r in summary_rows] == [("micro", "ddim4")] * 4
     assert [r["mean_difference"] for r in summary_rows] == [r["mean_difference"] for r in paired]
     assert "<table>" in (micro_run / "results" / "summary" / "paired_table.html").read_text()
+
+
+@pytest.mark.slow
+def test_every_method_is_compared_with_the_baseline_per_sampler(tmp_path: Path) -> None:
+    """Three methods and two samplers (one with epsilon scaling): three trainings, and for each
+    sampler the paired comparison of each other method with the baseline, in the paired table,
+    the metrics table and the compare GIFs. Shorter training than the micro run's."""
+    methods = ["baseline", "scheduled_sampling", "input_perturbation"]
+    samplers = ["ddim4", "ddim4_es1.05"]
+    config = yaml.safe_load(MICRO.read_text())
+    config["methods"] = methods
+    config["datasets"]["micro"]["train"]["max_steps"] = 6
+    config["samplers"]["ddim4_es1.05"] = {**config["samplers"]["ddim4"], "eps_scale": 1.05}
+    configfile = write_config(tmp_path / "three.yaml", config)
+    proc = snakemake(tmp_path, "--configfile", configfile, "-p", timeout=RUN_TIMEOUT)
+    assert_ok(proc, tmp_path)
+    counts = job_counts(output_of(proc))
+    assert counts["train"] == 3 and counts["generate"] == counts["evaluate"] == 6, counts
+    assert counts["paired"] == counts["paired_method"] == 2, counts  # two per sampler
+    commands = shell_commands(output_of(proc))
+    generate = [c for c in commands if "markup2im generate" in c]
+    assert sum("--eps-scale 1.05" in c for c in generate) == 6  # generate and frames, 3 methods
+    assert sum("--ip-gamma 0.1" in c for c in commands if "markup2im train" in c) == 1
+
+    results = tmp_path / "results" / "micro"
+    metrics = {
+        (m, s): read_rows(results / m / s / "metrics.csv") for m in methods for s in samplers
+    }
+    for m in methods:
+        assert (results / m / "train" / "model").is_dir()
+    # neither the method nor the scaling is silently ignored: their images differ
+    images = {
+        (m, s): np.stack(
+            [pixels_of(p) for p in sorted((results / m / s / "samples/images").iterdir())]
+        )
+        for m in methods
+        for s in samplers
+    }
+    assert not np.array_equal(images["input_perturbation", "ddim4"], images["baseline", "ddim4"])
+    assert not any(np.array_equal(images[m, "ddim4"], images[m, "ddim4_es1.05"]) for m in methods)
+
+    summary_rows = read_rows(tmp_path / "results" / "summary" / "paired_table.csv")
+    for s in samplers:
+        figures = results / "figures" / s
+        for m, table in (
+            ("scheduled_sampling", "paired"),
+            ("input_perturbation", "paired_input_perturbation"),
+        ):
+            rows = read_rows(figures / f"{table}.csv")
+            assert [r["metric"] for r in rows] == list(METRIC_NAMES)
+            treatment_dtw = sum(float(r["dtw"]) for r in metrics[m, s]) / 4
+            assert float(rows[0]["treatment_mean"]) == pytest.approx(treatment_dtw, rel=1e-9)
+            page = (figures / f"{table}.html").read_text(encoding="utf-8")
+            assert METHOD_LABELS[m] in page
+            shown = [r for r in summary_rows if r["sampler"] == f"{s} ({m})"]
+            assert [r["mean_difference"] for r in shown] == [r["mean_difference"] for r in rows]
+    assert len(summary_rows) == 2 * 2 * len(METRIC_NAMES)
+
+    table = {r["method"] for r in read_rows(tmp_path / "results/summary/metrics_table.csv")}
+    assert table == {f"{m} ({s})" for m in methods for s in samplers}
+    # the compare GIF: gold and the three methods side by side, wider than three single GIFs
+    for s in samplers:
+        (compare,) = (results / "figures" / s / "compare").glob("*.gif")
+        (single,) = (results / "baseline" / s / "gifs").glob("*.gif")
+        assert Image.open(compare).width > 3 * Image.open(single).width
+
+
+METHOD_LABELS = {
+    "scheduled_sampling": "scheduled sampling",
+    "input_perturbation": "input perturbation",
+}
 
 
 @pytest.mark.slow

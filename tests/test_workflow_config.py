@@ -55,8 +55,11 @@ def test_unknown_registered_name_in_the_schema_is_an_error() -> None:
 
 
 def test_method_and_sampler_names_are_checked_against_the_registry() -> None:
-    with pytest.raises(ConfigError, match="invalid config at methods.0"):
-        config_of("config/micro.yaml", lambda c: c.update(methods=["nope"]))
+    with pytest.raises(ConfigError, match="invalid config at methods.1: 'nope' is not one of") as e:
+        config_of("config/micro.yaml", lambda c: c.update(methods=["baseline", "nope"]))
+    assert all(m in str(e.value) for m in METHODS)  # the message lists the registered ones
+    every = config_of("config/micro.yaml", lambda c: c.update(methods=list(reversed(METHODS))))
+    assert every["methods"] == list(reversed(METHODS))
 
     def sampler_named_like_a_method(config):
         config["samplers"] = {"baseline": {"sampler": "ddim", "steps": 2}}
@@ -81,7 +84,10 @@ def test_defaults_are_filled_in_nested_objects() -> None:
     assert ds["train"]["checkpoint_every"] == 500 and ds["generate"]["batch_size"] == 16
     assert config["resources"]["train"]["walltime_margin"] == 300
     assert config["resources"]["train"]["chunks"] == 1
-    assert config["methods"] == list(METHODS)
+    assert config["methods"] == list(PAPER_METHODS)
+    assert config["input_perturbation"] == {"gamma": 0.1}
+    assert config["scheduled_sampling"]["ip_gamma"] is None
+    assert config["samplers"]["ddim50"]["eps_scale"] is None
     assert config["code_version"] == {s: 0 for s in ("data", "train", "generate", "evaluate",
                                                      "figures")}  # fmt: skip
 
@@ -94,6 +100,14 @@ def test_defaults_are_filled_in_nested_objects() -> None:
         (lambda c: c["datasets"]["micro"].update(gpu_model="a 100"), "datasets.micro.gpu_model"),
         (lambda c: c["resources"]["train"].update(chunks=0), "resources.train.chunks"),
         (lambda c: c.update(code_version={"sampling": 1}), "code_version"),
+        (lambda c: c.update(input_perturbation={"gamma": -0.1}), "input_perturbation.gamma"),
+        (lambda c: c.update(input_perturbation={"gama": 0.1}), "input_perturbation"),
+        (lambda c: c["scheduled_sampling"].update(ip_gamma=-1), "scheduled_sampling.ip_gamma"),
+        (lambda c: c["samplers"]["ddim4"].update(eps_scale="1.01"), "samplers.ddim4.eps_scale"),
+        (lambda c: c["samplers"]["ddim4"].update(eps_scale={"k": 0, "c": 1}),
+         "samplers.ddim4.eps_scale"),
+        (lambda c: c["samplers"]["ddim4"].update(eps_scale={"k": "1e-5"}),
+         "samplers.ddim4.eps_scale.k"),
     ],
 )  # fmt: skip
 def test_schema_errors_name_the_key(change, message: str) -> None:
@@ -112,11 +126,45 @@ def test_schema_errors_name_the_key(change, message: str) -> None:
          "scheduled_sampling.start has 1 weights but scheduled_sampling.max_m is 2"),
         (lambda c: c["datasets"]["micro"]["generate"].update(limit=1, frames=3),
          r"generate.frames \(3\) is larger than datasets.micro.generate.limit \(1\)"),
+        (lambda c: c.update(methods=["baseline", "input_perturbation"],
+                            input_perturbation={"gamma": 0}),
+         "input_perturbation.gamma is 0, which trains the baseline"),
+        (lambda c: c["samplers"]["ddim4"].update(eps_scale=0),
+         "config: samplers.ddim4.eps_scale: .*must be > 0"),
+        (lambda c: c["samplers"]["ddim4"].update(eps_scale=-1.01),
+         "config: samplers.ddim4.eps_scale: .*must be > 0"),
+        (lambda c: c["samplers"]["ddim4"].update(eps_scale={"k": -0.01, "b": 1.0}),
+         "samplers.ddim4.eps_scale: lambda_t = -0.01 t \\+ 1 must be > 0"),
     ],
 )  # fmt: skip
 def test_cross_field_errors_name_the_keys(change, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config_of("config/micro.yaml", change)
+
+
+def test_gamma_0_is_fine_while_input_perturbation_does_not_run() -> None:
+    config = config_of("config/micro.yaml", lambda c: c.update(input_perturbation={"gamma": 0}))
+    assert config["input_perturbation"]["gamma"] == 0
+
+
+def test_method_and_sampler_settings_of_issue_22_validate() -> None:
+    """What config/paper.yaml's commented block shows: input perturbation as a method, scheduled
+    sampling with input perturbation on top, and scaled samplers beside the plain ones."""
+
+    def beyond_the_paper(config: dict) -> None:
+        config["methods"] = ["baseline", "scheduled_sampling", "input_perturbation"]
+        config["input_perturbation"] = {"gamma": 0.1}
+        config["scheduled_sampling"]["ip_gamma"] = 0.1
+        plain = config["samplers"]["dpmsolver50"]
+        config["samplers"]["dpmsolver50_es1.005"] = {**plain, "eps_scale": 1.005}
+        config["samplers"]["ddpm1000_lin"] = {
+            **config["samplers"]["ddpm1000"],
+            "eps_scale": {"k": 1.0e-5, "b": 1.002},
+        }
+
+    config = config_of("config/paper.yaml", beyond_the_paper)
+    assert config["samplers"]["dpmsolver50_es1.005"]["eps_scale"] == 1.005
+    assert config["samplers"]["dpmsolver50"]["eps_scale"] is None
 
 
 def test_cross_field_checks_pass_the_shipped_configs() -> None:
@@ -134,6 +182,16 @@ def test_config_overrides_are_retyped_where_the_schema_wants_no_string() -> None
     assert config["datasets"]["micro"]["generate"]["seed"] == 7
     assert config["datasets"]["micro"]["generate"]["split"] == "test"
     assert config["datasets"]["micro"]["gpu"] == 2
+
+
+def test_eps_scale_overrides_are_retyped() -> None:
+    config = yaml.safe_load((REPO / "config" / "micro.yaml").read_text())
+    config["samplers"]["ddim4"]["eps_scale"] = "1.01"
+    config["samplers"]["lin"] = {"sampler": "ddim", "steps": "4", "eps_scale": {"k": "1.0e-5"}}
+    overrides = {"samplers": {"ddim4": {"eps_scale": "1.01"}, "lin": config["samplers"]["lin"]}}
+    load_config(config, overrides, SCHEMA_PATH)
+    assert config["samplers"]["ddim4"]["eps_scale"] == 1.01
+    assert config["samplers"]["lin"]["eps_scale"] == {"k": 1.0e-5}
 
 
 def test_load_config_retypes_then_validates() -> None:

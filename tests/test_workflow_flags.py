@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from markup2im.errors import ConfigError
 from markup2im.workflow.flags import (
     accelerate_flags,
     cli_flags,
+    eps_scale_flag,
     evaluate_flags,
     sample_flags,
     threads_per_process,
@@ -14,7 +18,8 @@ from markup2im.workflow.flags import (
 
 MODEL = {"preset": "tiny", "max_markup_length": None, "prediction_type": "epsilon",
          "train_encoder": False}  # fmt: skip
-SS = {"max_m": 1, "start": [0.0], "end": [0.8], "min_t": 0}
+SS = {"max_m": 1, "start": [0.0], "end": [0.8], "min_t": 0, "ip_gamma": None}
+IP = {"gamma": 0.1}
 
 
 def test_cli_flags() -> None:
@@ -26,7 +31,7 @@ def test_cli_flags() -> None:
 
 def test_train_flags_leave_out_what_does_not_change_the_model() -> None:
     train = {"epochs": 3, "checkpoint_every": 5, "num_workers": 2, "compile": True}
-    flags = train_flags("baseline", MODEL, train, "offline", SS)
+    flags = train_flags("baseline", MODEL, train, "offline", SS, IP)
     assert flags == (
         "--method baseline --model-preset tiny --encoder offline --prediction-type epsilon"
         " --epochs 3 --compile --resume auto"
@@ -35,15 +40,30 @@ def test_train_flags_leave_out_what_does_not_change_the_model() -> None:
 
 
 def test_scheduled_sampling_gets_its_weights_and_no_guard_at_zero() -> None:
-    flags = train_flags("scheduled_sampling", MODEL, {}, "offline", SS)
+    flags = train_flags("scheduled_sampling", MODEL, {}, "offline", SS, IP)
     assert flags.endswith("--resume auto --ss-max-m 1 --ss-start 0.0 --ss-end 0.8")
-    guarded = train_flags("scheduled_sampling", MODEL, {}, "offline", {**SS, "min_t": 50})
+    guarded = train_flags("scheduled_sampling", MODEL, {}, "offline", {**SS, "min_t": 50}, IP)
     assert guarded.endswith("--ss-min-t 50")
+
+
+def test_input_perturbation_gets_its_gamma_and_scheduled_sampling_only_when_asked() -> None:
+    flags = train_flags("input_perturbation", MODEL, {}, "offline", SS, {"gamma": 0.05})
+    assert flags.endswith("--resume auto --ip-gamma 0.05")
+    assert "--ss-" not in flags
+    # the top-level gamma belongs to input_perturbation alone
+    assert "--ip-gamma" not in train_flags("baseline", MODEL, {}, "offline", SS, IP)
+    assert "--ip-gamma" not in train_flags("scheduled_sampling", MODEL, {}, "offline", SS, IP)
+    combined = {**SS, "ip_gamma": 0.1}
+    flags = train_flags("scheduled_sampling", MODEL, {}, "offline", combined, IP)
+    assert flags.endswith("--ss-end 0.8 --ip-gamma 0.1")
+    # 0 trains as none does, so it adds no flag (and reruns nothing)
+    none = train_flags("scheduled_sampling", MODEL, {}, "offline", {**SS, "ip_gamma": 0}, IP)
+    assert none == train_flags("scheduled_sampling", MODEL, {}, "offline", SS, IP)
 
 
 def test_sample_and_evaluate_flags() -> None:
     generate = {"split": "test", "limit": None, "seed": 0, "precision": "fp32", "batch_size": 8}
-    sampler = {"sampler": "ddim", "steps": 10, "frames_every": None}
+    sampler = {"sampler": "ddim", "steps": 10, "frames_every": None, "eps_scale": None}
     assert sample_flags(generate, sampler) == (
         "--split test --sampler ddim --num-inference-steps 10 --seed 0"
     )
@@ -62,3 +82,18 @@ def test_accelerate_gets_one_process_per_gpu_with_its_share_of_threads() -> None
     assert cpu.endswith("--cpu --num_processes 1") and "per_process 3" in cpu
     assert "--num_cpu_threads_per_process 1" in accelerate_flags("bf16", gpus=4, threads=2)
     assert threads_per_process(0, 3) == 3 and threads_per_process(4, 2) == 1
+
+
+def test_eps_scale_is_a_generate_flag_unless_it_is_the_plain_sampler() -> None:
+    generate = {"split": "test", "limit": None, "seed": 0, "precision": "fp32"}
+    sampler = {"sampler": "ddim", "steps": 10, "frames_every": None, "eps_scale": None}
+    plain = sample_flags(generate, sampler)
+    assert "--eps-scale" not in plain
+    # 1 and {b: 1} are the plain sampler: the same flags, so nothing reruns
+    for identity in (1, 1.0, {"b": 1}, {"k": 0, "b": 1.0}):
+        assert sample_flags(generate, {**sampler, "eps_scale": identity}) == plain
+    assert sample_flags(generate, {**sampler, "eps_scale": 1.01}) == plain + " --eps-scale 1.01"
+    assert eps_scale_flag({"k": 1.0e-5, "b": 1.002}) == "k=1e-05,b=1.002"
+    assert eps_scale_flag({"k": 1.0e-5}) == "k=1e-05,b=1.0"
+    with pytest.raises(ConfigError, match="eps_scale"):
+        eps_scale_flag(0)

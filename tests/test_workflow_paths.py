@@ -23,3 +23,13 @@ def test_templates_are_filled_from_wildcards() -> None:
 def test_logs_and_benchmarks_are_named_by_stage_and_job() -> None:
     assert paths.log("train", "{dataset}/{method}") == "logs/train/{dataset}/{method}.log"
     assert paths.benchmark("figures", "metrics_table") == "benchmarks/figures/metrics_table.tsv"
+
+
+def test_the_paper_comparison_keeps_its_path_other_methods_name_theirs() -> None:
+    assert paths.paired("scheduled_sampling") == "results/{dataset}/figures/{sampler}/paired.csv"
+    assert paths.paired("input_perturbation") == (
+        "results/{dataset}/figures/{sampler}/paired_input_perturbation.csv"
+    )
+    assert paths.fill(paths.PAIRED_METHOD_PAGE, dataset="d", sampler="s", method="m") == (
+        "results/d/figures/s/paired_m.html"
+    )

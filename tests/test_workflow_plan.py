@@ -156,6 +156,80 @@ def test_paired_comparison_needs_both_methods() -> None:
     plan = plan_of("config/micro.yaml", lambda c: c.update(methods=["baseline"]))
     assert not plan.paired and plan.paired_tables() == []
     assert not any("paired" in t for t in plan.final_targets())
+    # no baseline, nothing to compare with
+    plan = plan_of(
+        "config/micro.yaml",
+        lambda c: c.update(methods=["scheduled_sampling", "input_perturbation"]),
+    )
+    assert not plan.paired and plan.paired_runs() == []
+    assert not any("paired" in t for t in plan.final_targets())
+
+
+def three_methods_two_samplers(config: dict) -> None:
+    config["methods"] = ["baseline", "scheduled_sampling", "input_perturbation"]
+    config["samplers"]["ddim4_es1.01"] = {**config["samplers"]["ddim4"], "eps_scale": 1.01}
+
+
+def test_every_method_is_compared_with_the_baseline_for_each_sampler() -> None:
+    plan = plan_of("config/micro.yaml", three_methods_two_samplers)
+    assert plan.treatments == ["scheduled_sampling", "input_perturbation"]
+    assert plan.paired_runs() == [
+        ("micro", s, m)
+        for s in ("ddim4", "ddim4_es1.01")
+        for m in ("scheduled_sampling", "input_perturbation")
+    ]
+    tables = [
+        "results/micro/figures/ddim4/paired.csv",
+        "results/micro/figures/ddim4/paired_input_perturbation.csv",
+        "results/micro/figures/ddim4_es1.01/paired.csv",
+        "results/micro/figures/ddim4_es1.01/paired_input_perturbation.csv",
+    ]
+    assert plan.paired_tables() == tables
+    # with more than the paper's comparison, every row names its method
+    assert plan.paired_labels() == [
+        "micro/ddim4 (scheduled_sampling)",
+        "micro/ddim4 (input_perturbation)",
+        "micro/ddim4_es1.01 (scheduled_sampling)",
+        "micro/ddim4_es1.01 (input_perturbation)",
+    ]
+    targets = plan.final_targets()
+    assert all(t in targets for t in tables) and targets[-1] == "results/summary/paired_table.csv"
+    assert len(plan.runs()) == len(plan.summary_labels()) == 6  # the metrics table's rows
+    assert "micro/input_perturbation (ddim4_es1.01)" in plan.summary_labels()
+    assert plan.model_targets()[-1] == "results/micro/input_perturbation/train/model"
+    micro = plan["micro"]
+    assert micro.paired_title("ddim4", "input_perturbation") == (
+        "micro, ddim4: input perturbation - baseline"
+    )
+    assert micro.method_labels() == ["baseline", "scheduled sampling", "input perturbation"]
+    # the compare GIF: gold and every method side by side
+    assert micro.gif_targets(["test_0"])[:4] == [
+        "results/micro/figures/ddim4/compare/test_0.gif",
+        "results/micro/baseline/ddim4/gifs/test_0.gif",
+        "results/micro/scheduled_sampling/ddim4/gifs/test_0.gif",
+        "results/micro/input_perturbation/ddim4/gifs/test_0.gif",
+    ]
+
+
+def test_a_method_alone_with_the_baseline_names_itself_in_the_paired_table() -> None:
+    plan = plan_of(
+        "config/micro.yaml", lambda c: c.update(methods=["baseline", "input_perturbation"])
+    )
+    assert plan.paired_tables() == ["results/micro/figures/ddim4/paired_input_perturbation.csv"]
+    assert plan.paired_labels() == ["micro/ddim4 (input_perturbation)"]
+
+
+def test_method_settings_reach_their_training_and_eps_scale_its_generation() -> None:
+    def settings(config: dict) -> None:
+        three_methods_two_samplers(config)
+        config["input_perturbation"] = {"gamma": 0.2}
+
+    micro = plan_of("config/micro.yaml", settings)["micro"]
+    assert micro.train_flags("input_perturbation").endswith("--resume auto --ip-gamma 0.2")
+    assert "--ip-gamma" not in micro.train_flags("scheduled_sampling")
+    assert "--ip-gamma" not in micro.train_flags("baseline")
+    assert "--eps-scale" not in micro.sample_flags("ddim4")
+    assert micro.sample_flags("ddim4_es1.01") == micro.sample_flags("ddim4") + " --eps-scale 1.01"
 
 
 def test_released_models_are_named_as_such() -> None:
@@ -168,8 +242,8 @@ def test_released_models_are_named_as_such() -> None:
     assert math.model_path("scheduled_sampling") == "results/math/scheduled_sampling/train/model"
     assert math.method_label("baseline") == "released baseline"
     assert math.run_name("baseline") == "released baseline"
-    assert math.released_note() == " (released baseline)"
-    assert plan["tables"].released_note() == " (released models)"
+    assert math.released_note("scheduled_sampling") == " (released baseline)"
+    assert plan["tables"].released_note("scheduled_sampling") == " (released models)"
     assert math.trained_methods() == ["scheduled_sampling"]
     with pytest.raises(ConfigError, match="datasets.math.released has no 'scheduled_sampling'"):
         math.released_checkpoint("scheduled_sampling")
@@ -190,9 +264,15 @@ def test_labels_and_titles_of_a_partly_released_dataset() -> None:
     plan = plan_of("config/released.yaml", one_released)
     assert plan["math"].method_labels() == ["released baseline", "scheduled sampling"]
     assert plan["math"].method_labels(trained_only=True) == ["scheduled sampling"]
-    assert plan["math"].paired_title("ddpm1000") == (
+    assert plan["math"].paired_title("ddpm1000", "scheduled_sampling") == (
         "math, ddpm1000: scheduled sampling - released baseline"
     )
+    assert plan.paired_labels() == [
+        "math/ddpm1000 (released baseline)",
+        "math/dpmsolver50 (released baseline)",
+        *(f"{d}/{s} (released models)" for d in ("tables", "music", "molecules")
+          for s in ("ddpm1000", "dpmsolver50")),
+    ]  # fmt: skip
 
 
 def test_training_options_that_change_the_model_are_flags_the_others_resources() -> None:

@@ -1,10 +1,11 @@
 """The web demo (``markup2im demo``): type markup, see the model's image beside the real renderer's.
 
 A Gradio page with a text box (and a few example markups of the model's domain from its seeded
-generator), sampler, steps and seed, and a Draw button. For each request it shows side by side
-the model's image (:class:`markup2im.pipeline.Markup2ImPipeline`), the domain's real renderer's
-image of the same markup at the model's size (sandboxed like every rendering), their DTW and
-SSIM, and the denoising animation. Markup the renderer rejects shows the renderer's error in
+generator), sampler, steps, seed, epsilon scaling (:mod:`markup2im.eps_scaling`) and a Draw
+button. For each request it shows side by side the model's image
+(:class:`markup2im.pipeline.Markup2ImPipeline`), the domain's real renderer's image of the same
+markup at the model's size (sandboxed like every rendering), their DTW and SSIM, and the
+denoising animation. Markup the renderer rejects shows the renderer's error in
 the page; the model still draws it.
 
 The page binds to 127.0.0.1 unless told otherwise, makes no network requests of its own
@@ -31,6 +32,7 @@ from typing import Any
 
 from PIL import Image
 
+from markup2im.eps_scaling import EpsScaleLike
 from markup2im.errors import ConfigError, Markup2ImError, MissingDependencyError
 from markup2im.figures.gif import frames_gif
 from markup2im.figures.images import enlarge, upscale_factor
@@ -179,9 +181,11 @@ class Demo:
         steps: int | None = None,
         seed: int = 0,
         progress: Progress | None = None,
+        eps_scale: EpsScaleLike = None,
     ) -> Comparison:
-        """Render and draw ``markup``; errors of the renderer or of the settings become
-        ``render_error`` or ``notes``, never exceptions."""
+        """Render and draw ``markup`` (``eps_scale``: the sampler's epsilon scaling, None or 1:
+        none); errors of the renderer or of the settings become ``render_error`` or ``notes``,
+        never exceptions."""
         markup = (markup or "").strip()
         result = Comparison(markup)
         if not markup:
@@ -199,7 +203,7 @@ class Demo:
                     f"truncated by {cut} token{'s' if cut != 1 else ''}."
                 )
             try:
-                self._draw(result, sampler, steps, seed, report)
+                self._draw(result, sampler, steps, seed, eps_scale, report)
             except Markup2ImError as exc:
                 result.notes.append(f"Cannot draw: {exc}")
                 return result
@@ -236,7 +240,13 @@ class Demo:
         return load_image(item.png, channels=m.channels, size=(m.width, m.height)), ""
 
     def _draw(
-        self, result: Comparison, sampler: str, steps: int | None, seed: int, report: Progress
+        self,
+        result: Comparison,
+        sampler: str,
+        steps: int | None,
+        seed: int,
+        eps_scale: EpsScaleLike,
+        report: Progress,
     ) -> None:
         drawing = self.pipe(
             result.markup,
@@ -245,6 +255,7 @@ class Demo:
             seed=seed,
             frames_every=frames_every(self.pipe.num_steps(sampler, steps)),
             progress=DenoisingProgress(report),
+            eps_scale=eps_scale,
         )
         result.image = drawing.images[0]
         number = next(self._count)
@@ -318,13 +329,19 @@ def build_app(demo: Demo) -> Any:
         sampler: str,
         steps: float,
         seed: float,
+        eps_scale: float | None,
         progress=gr.Progress(),  # noqa: B008 (Gradio finds its progress bar by this default)
     ):
         def report(fraction: float, what: str) -> None:
             progress(fraction, desc=what)
 
         result = demo.compare(
-            markup, sampler=sampler, steps=int(steps), seed=int(seed or 0), progress=report
+            markup,
+            sampler=sampler,
+            steps=int(steps),
+            seed=int(seed or 0),
+            progress=report,
+            eps_scale=None if eps_scale is None else float(eps_scale),
         )
         return (
             _display(result.image),
@@ -352,6 +369,14 @@ def build_app(demo: Demo) -> Any:
                 1, train_steps, value=DEFAULT_STEPS["ddim"], step=1, label="Denoising steps"
             )
             seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+            # no minimum: a value <= 0 gets the library's message in the page
+            eps_scale = gr.Number(
+                1.0,
+                label="Eps scale",
+                step=0.001,
+                info="divides the predicted noise (1: the plain sampler; the paper's 1.004-1.017)",
+                elem_id="m2i-eps-scale",
+            )
         button = gr.Button("Draw", variant="primary", elem_id="m2i-draw")
         status = gr.HTML(elem_id="m2i-status")
         with gr.Row():
@@ -371,7 +396,7 @@ def build_app(demo: Demo) -> Any:
         scores = gr.HTML(elem_id="m2i-scores")
         button.click(
             on_draw,
-            [markup, sampler, steps, seed],
+            [markup, sampler, steps, seed, eps_scale],
             [image, rendered, animation, scores, status],
             concurrency_limit=1,
         )

@@ -22,6 +22,7 @@ from PIL import Image
 from markup2im.atomic import save_image, write_text
 from markup2im.data.markup_files import MarkupFile, read_markup_file
 from markup2im.data.render import assign_filenames
+from markup2im.eps_scaling import EpsScale, EpsScaleLike, parse_eps_scale
 from markup2im.errors import DataError
 from markup2im.figures.gif import frames_gif
 from markup2im.model import Markup2ImModel
@@ -59,8 +60,18 @@ class ChunkProgress:
         self.progress(self.offset + done, self.total)
 
 
-def _describe(image: Image.Image, sampler: str, steps: int, seed: int) -> str:
-    return f"{image.width}x{image.height} {image.mode} image, {sampler} {steps} steps, seed {seed}"
+def _scaled(eps_scale: EpsScale | None) -> str:
+    """', eps scale 1.01' when a draw scales the noise, else ''."""
+    return "" if eps_scale is None or eps_scale.identity else f", eps scale {eps_scale}"
+
+
+def _describe(
+    image: Image.Image, sampler: str, steps: int, seed: int, eps_scale: EpsScale | None = None
+) -> str:
+    return (
+        f"{image.width}x{image.height} {image.mode} image, "
+        f"{sampler} {steps} steps{_scaled(eps_scale)}, seed {seed}"
+    )
 
 
 def _preview(markup: str, limit: int = 60) -> str:
@@ -77,8 +88,11 @@ def draw_one(
     steps: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    eps_scale: EpsScaleLike = None,
 ) -> list[Written]:
-    """Draw one markup into the PNG ``output`` (and its denoising into the GIF ``gif``)."""
+    """Draw one markup into the PNG ``output`` (and its denoising into the GIF ``gif``);
+    ``eps_scale`` is the sampler's epsilon scaling (None or 1: none)."""
+    scaling = parse_eps_scale(eps_scale)  # before the model loads
     if not markup.strip():
         raise DataError("the markup to draw is empty")
     for path, suffix in ((output, ".png"), (gif, ".gif")):
@@ -94,11 +108,15 @@ def draw_one(
             seed=seed,
             frames_every=frames_every(n_steps) if gif is not None else 0,
             progress=progress,
+            eps_scale=scaling,
         )
     image = drawing.images[0]
     save_image(image, output)
     written = [
-        Written(Path(output), f"{_describe(image, sampler, n_steps, seed)} of {_preview(markup)}")
+        Written(
+            Path(output),
+            f"{_describe(image, sampler, n_steps, seed, scaling)} of {_preview(markup)}",
+        )
     ]
     if gif is not None:
         count = frames_gif(drawing.frames[0], gif)
@@ -117,6 +135,7 @@ def draw_file(
     seed: int = 0,
     batch_size: int = 8,
     device: str = "auto",
+    eps_scale: EpsScaleLike = None,
 ) -> list[Written]:
     """Draw every markup of a ``.txt`` / ``.jsonl`` file into ``output_dir``.
 
@@ -124,8 +143,10 @@ def draw_file(
     directory of the same file is their gold for ``markup2im evaluate``. Markup ``i`` (0-based,
     blank lines skipped) is drawn with seed ``seed + i``. Lines that are not valid UTF-8 are not
     drawn; ``manifest.csv`` lists every markup with its line, file, seed, the tokens cut from it
-    (beyond the model's limit) and its error.
+    (beyond the model's limit) and its error. ``eps_scale`` is the sampler's epsilon scaling
+    (None or 1: none).
     """
+    scaling = parse_eps_scale(eps_scale)  # before the model loads
     source = read_markup_file(markup_file)
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
@@ -138,7 +159,7 @@ def draw_file(
     paths = [out / name for name in names]
     written = _draw_chunks(
         pipe, source, paths, gifs=gifs, sampler=sampler, steps=steps, seed=seed,
-        batch_size=batch_size,
+        batch_size=batch_size, eps_scale=scaling,
     )  # fmt: skip
     manifest = out / MANIFEST
     write_text(manifest, manifest_csv(source, names, cut, seed))
@@ -148,7 +169,7 @@ def draw_file(
         Written(
             manifest,
             f"manifest: {drawn} of {count} markups drawn as {images_mode(pipe.model)} images "
-            f"({sampler}, {n_steps} steps, seeds {seed}..{seed + count - 1})",
+            f"({sampler}, {n_steps} steps{_scaled(scaling)}, seeds {seed}..{seed + count - 1})",
         )
     )
     if any(cut):
@@ -173,6 +194,7 @@ def _draw_chunks(
     steps: int | None,
     seed: int,
     batch_size: int,
+    eps_scale: EpsScale | None = None,
 ) -> list[Written]:
     """Draw the file's markups CHUNK at a time (line ``i`` as example 0 of ``seed + i``) and
     write each one's image and GIF to ``paths[i]`` as its chunk is done."""
@@ -195,6 +217,7 @@ def _draw_chunks(
                 progress=ChunkProgress(
                     progress, sum(batches[:number]) * n_steps, sum(batches) * n_steps
                 ),
+                eps_scale=eps_scale,
             )
             for k, image in enumerate(drawing.images):
                 frames = drawing.frames[k] if gifs else None

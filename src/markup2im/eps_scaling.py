@@ -10,6 +10,7 @@ sampler, exactly. The arithmetic is :meth:`markup2im.diffusion.NoiseSchedule.sca
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +30,15 @@ class EpsScale:
     def __post_init__(self) -> None:
         for name in ("k", "b"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ConfigError(f"eps_scale: {name} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise ConfigError(f"eps_scale: {name} must be finite, got {value}")
+            # a plain float (numpy's included), so that str() is the command line's form
+            object.__setattr__(self, name, float(value))
         lowest = min(self.b, self.k * (NUM_TRAIN_TIMESTEPS - 1) + self.b)
+        if lowest <= 0 and self.k == 0:
+            raise ConfigError(f"eps_scale: must be > 0, got {self.b:g}")
         if lowest <= 0:
             raise ConfigError(
                 f"eps_scale: lambda_t = {self.k:g} t + {self.b:g} must be > 0 for every t in "
@@ -80,3 +85,13 @@ class EpsScale:
     def __str__(self) -> str:
         """The command line's form (parses back to the same value)."""
         return f"{self.b!r}" if self.k == 0 else f"k={self.k!r},b={self.b!r}"
+
+
+EpsScaleLike = EpsScale | float | Mapping[str, float] | str | None
+"""Epsilon scaling as the Python API takes it: an EpsScale, 1.01, ``{"k": ..., "b": ...}``,
+``"k=...,b=..."``, or None (the plain sampler)."""
+
+
+def parse_eps_scale(value: EpsScaleLike, key: str = "eps_scale") -> EpsScale | None:
+    """None for None (the plain sampler), else :meth:`EpsScale.parse` of ``value``."""
+    return None if value is None else EpsScale.parse(value, key)

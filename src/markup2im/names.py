@@ -34,6 +34,9 @@ METHODS: dict[str, MethodName] = {
 }
 BASELINE = "baseline"  # the method every other one is compared with
 PAPER_METHODS: tuple[str, ...] = ("baseline", "scheduled_sampling")  # the workflow's default
+# what the pages of a paired comparison call the two runs unless told otherwise (the paper's)
+PAPER_LABELS: tuple[str, str] = tuple(METHODS[m].label for m in PAPER_METHODS)  # type: ignore[assignment]
+INPUT_PERTURBATION_GAMMA = 0.1  # DDPM-IP's perturbation strength (Ning et al., ICML 2023)
 
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++")
 # denoising steps of a sampler when none are given (None: every training timestep)

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from markup2im.eps_scaling import EpsScaleLike, parse_eps_scale
 from markup2im.errors import ConfigError
 from markup2im.images import tensor_to_image
 from markup2im.model import Markup2ImModel
@@ -119,6 +120,7 @@ class Markup2ImPipeline:
         batch_size: int = 16,
         progress: Progress | None = None,
         precision: str = "fp32",
+        eps_scale: EpsScaleLike = None,
     ) -> Drawing:
         """Draw ``markups`` (one string or a list) at the model's size and colour mode.
 
@@ -131,7 +133,10 @@ class Markup2ImPipeline:
         them as they come instead of the result keeping them. ``progress`` is called with
         (steps done, steps in all) after every step. Markup longer than the model's limit is
         truncated (the encoder logs by how many tokens). ``precision`` ``bf16`` runs the
-        denoiser under bf16 autocast (close to but not bit-identical with fp32).
+        denoiser under bf16 autocast (close to but not bit-identical with fp32). ``eps_scale``
+        is epsilon scaling (:mod:`markup2im.eps_scaling`): 1.01, ``{"k": ..., "b": ...}`` or
+        ``"k=...,b=..."`` divides the predicted noise by ``lambda_t = k t + b``; None or 1 is
+        the plain sampler.
         """
         drawn = Drawing()
         for batch in self.batches(
@@ -146,6 +151,7 @@ class Markup2ImPipeline:
             batch_size=batch_size,
             progress=progress,
             precision=precision,
+            eps_scale=eps_scale,
         ):
             drawn.images += batch.images
             drawn.frames += batch.frames
@@ -166,6 +172,7 @@ class Markup2ImPipeline:
         batch_size: int = 16,
         progress: Progress | None = None,
         precision: str = "fp32",
+        eps_scale: EpsScaleLike = None,
     ) -> Iterator[Drawing]:
         """What :meth:`__call__` draws, one batch of ``batch_size`` markups at a time (its
         ``start`` says where in ``markups``): for jobs that write files as they go."""
@@ -177,6 +184,7 @@ class Markup2ImPipeline:
                 f"batch_size must be >= 1 and frames_every >= 0, got {batch_size}, {frames_every}"
             )
         check_precision(precision)
+        scaling = parse_eps_scale(eps_scale)
         per_batch = self.num_steps(sampler, steps)
         kept_steps = sorted(frame_steps(per_batch, frames_every))
         wanted = [True] * len(items) if frames_for is None else list(frames_for)
@@ -202,6 +210,7 @@ class Markup2ImPipeline:
                     on_step=counter,
                     precision=precision,
                     channels_last=self.channels_last,
+                    eps_scale=scaling,
                 )
                 images = [tensor_to_image(x) for x in result]
                 yield Drawing(images, frames.kept, kept_steps, start)

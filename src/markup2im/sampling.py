@@ -13,6 +13,10 @@ depend on the batch size or its position in the batch (the original reseeded the
 every batch). Frames are the clipped x0 predictions of every k-th step (step 0 = first denoising
 step) plus the last step.
 
+Epsilon scaling (``eps_scale``, :mod:`markup2im.eps_scaling`) works with every sampler and
+prediction type: each step's output has the noise it implies divided by ``lambda_t`` (the step's
+training timestep t) before the frames and the scheduler step use it.
+
 This module imports no model module: :func:`sample` is given a model (any
 :class:`SamplingModel`) and calls its ``encode`` and its denoiser. Markup in, images out is
 :mod:`markup2im.pipeline`, which calls :func:`sample`.
@@ -53,6 +57,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from markup2im.diffusion import NoiseSchedule, plain_config
+from markup2im.eps_scaling import EpsScale
 from markup2im.errors import ConfigError
 from markup2im.names import DEFAULT_STEPS, PRECISIONS, SAMPLERS
 
@@ -167,6 +172,21 @@ def frame_steps(num_steps: int, every: int) -> set[int]:
     return set(range(0, num_steps, every)) | {num_steps - 1}
 
 
+def check_eps_scale(eps_scale: EpsScale | None, timesteps: torch.Tensor) -> EpsScale | None:
+    """The epsilon scaling a loop applies (None: none, for None and the identity, so that
+    ``eps_scale`` 1 skips the arithmetic and stays the plain sampler bit for bit); ConfigError
+    when ``lambda_t`` is not positive at one of the sampler's (training) timesteps."""
+    if eps_scale is None or eps_scale.identity:
+        return None
+    lowest = float(eps_scale.at(timesteps.to(torch.float64)).min())
+    if not lowest > 0:
+        raise ConfigError(
+            f"eps_scale: lambda_t = {eps_scale.k:g} t + {eps_scale.b:g} must be > 0 at every "
+            f"timestep of the sampler (it reaches {lowest:g})"
+        )
+    return eps_scale
+
+
 @torch.no_grad()
 def sample(
     model: SamplingModel,
@@ -181,18 +201,23 @@ def sample(
     on_step: Callable[[], None] | None = None,
     precision: str = "fp32",
     channels_last: bool = False,
+    eps_scale: EpsScale | None = None,
 ) -> torch.Tensor:
     """Final samples (B, C, H, W) on the CPU for ``markups``, one generator per example.
 
     Each sampler ends on a clipped (or thresholded) x0 prediction, so values lie in [-1, 1].
     ``precision`` ``bf16`` runs the denoiser under bf16 autocast; ``channels_last`` feeds it
     NHWC samples (call :func:`use_channels_last` on the model once to convert its weights too).
-    The noise, the scheduler steps and the result are fp32 either way.
+    The noise, the scheduler steps and the result are fp32 either way. ``eps_scale`` (epsilon
+    scaling, :mod:`markup2im.eps_scaling`) divides the noise of every step's output by
+    ``lambda_t`` before the frames and the scheduler step see it; None or the identity is the
+    plain sampler, bit for bit.
     """
     if len(generators) != len(markups):
         raise ValueError(f"{len(markups)} markups but {len(generators)} generators")
     autocast_dtype = check_precision(precision)
     scheduler = make_scheduler(sampler, model.scheduler_config, num_inference_steps)
+    scaling = check_eps_scale(eps_scale, scheduler.timesteps)
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
     device = next(model.denoiser.parameters()).device
     hidden, mask = model.encode(list(markups))
@@ -213,6 +238,9 @@ def sample(
         with autocast:
             output = model(model_input, timesteps, hidden, mask)
         output = output.float().contiguous()
+        if scaling is not None:
+            lambdas = scaling.at(timesteps.to(torch.float64))
+            output = schedule.scale_noise(x, output, timesteps, lambdas)
         if step in keep and wanted:
             x0 = schedule.x0_from_output(x[wanted], output[wanted], timesteps[wanted])
             x0 = x0.clamp(-1, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from markup2im.cli.generate import add_eps_scale_flag
 from markup2im.cli.paths import output_dir, output_file, positive_int
 from markup2im.names import SAMPLERS
 
@@ -61,6 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="denoising steps (default: all 1000 for ddpm, 50 for ddim, 20 for dpmsolver++)",
     )
     p.add_argument("--seed", type=non_negative_int, default=0, help="noise seed (default: 0)")
+    add_eps_scale_flag(p)
     p.add_argument(
         "--batch-size", type=positive_int, default=8, help="markups sampled together (default: 8)"
     )
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             batch_size=args.batch_size,
             device=args.device,
+            eps_scale=args.eps_scale,
         )
     else:
         if args.output_dir is not None or args.gifs:
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps,
             seed=args.seed,
             device=args.device,
+            eps_scale=args.eps_scale,
         )
     for item in written:
         print(f"wrote {item}")

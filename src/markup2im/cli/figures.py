@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from markup2im.cli.paths import output_file
-from markup2im.names import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
+from markup2im.names import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, PAPER_LABELS
 
 
 def labelled(value: str) -> tuple[str, str]:
@@ -75,6 +75,7 @@ def add_paired(commands: argparse._SubParsersAction) -> None:
     )
     paired.add_argument("--html", type=output_file, default=None, help="also write this HTML page")
     paired.add_argument("--title", default=None, help="page title")
+    add_labels_flag(paired)
     paired.add_argument(
         "--resamples",
         type=int,
@@ -91,6 +92,25 @@ def add_paired(commands: argparse._SubParsersAction) -> None:
         help="interval coverage (default: %(default)s)",
     )
     paired.set_defaults(func=run_paired)
+
+
+def two_labels(text: str) -> tuple[str, str]:
+    """``BASELINE,TREATMENT``: what a page calls the two runs."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"expected BASELINE,TREATMENT, got {text!r}")
+    return parts[0], parts[1]
+
+
+def add_labels_flag(parser: argparse.ArgumentParser) -> None:
+    """--labels, the names of the compared runs in the pages (default: the paper's)."""
+    parser.add_argument(
+        "--labels",
+        type=two_labels,
+        default=",".join(PAPER_LABELS),
+        metavar="BASELINE,TREATMENT",
+        help="what the page calls the two runs (default: %(default)s)",
+    )
 
 
 def add_paired_table(commands: argparse._SubParsersAction) -> None:
@@ -110,6 +130,7 @@ def add_paired_table(commands: argparse._SubParsersAction) -> None:
     paired_all.add_argument(
         "--html", type=output_file, default=None, help="also write this HTML page"
     )
+    add_labels_flag(paired_all)
     paired_all.set_defaults(func=run_paired_table)
 
 
@@ -188,6 +209,7 @@ def run_paired(args: argparse.Namespace) -> int:
         resamples=args.resamples,
         seed=args.seed,
         confidence=args.confidence,
+        labels=args.labels,
     )
     return 0
 
@@ -196,7 +218,7 @@ def run_paired_table(args: argparse.Namespace) -> int:
     """Write the table of every paired comparison."""
     from markup2im.figures.paired import paired_table
 
-    paired_table(args.paired, args.output, args.html)
+    paired_table(args.paired, args.output, args.html, labels=args.labels)
     return 0
 
 

@@ -6,12 +6,36 @@ import argparse
 from pathlib import Path
 
 from markup2im.cli.paths import output_dir, positive_int
+from markup2im.eps_scaling import EpsScale
+from markup2im.errors import ConfigError
 from markup2im.names import PRECISIONS, SAMPLERS
+
+EPS_SCALE_FLAG = "--eps-scale"
+EPS_SCALE_HELP = (
+    "epsilon scaling (Ning et al., 2024): divide each step's predicted noise by lambda_t, a "
+    "number (1.01) or k=K,b=B for lambda_t = K t + B (t the training timestep, 0..999); about "
+    "1.004-1.017 in the paper; default 1, the plain sampler"
+)
 
 
 def name_list(text: str) -> list[str]:
     """Comma-separated file names."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def eps_scale_flag(text: str) -> EpsScale:
+    """``--eps-scale``: ``1.01`` or ``k=...,b=...`` (torch-free, so that parsing stays light)."""
+    try:
+        return EpsScale.parse(text, EPS_SCALE_FLAG)
+    except ConfigError as exc:  # argparse puts "argument --eps-scale: " before the message
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{EPS_SCALE_FLAG}: ")) from None
+
+
+def add_eps_scale_flag(parser: argparse.ArgumentParser) -> None:
+    """``--eps-scale``, shared by ``generate`` and ``draw``."""
+    parser.add_argument(
+        EPS_SCALE_FLAG, type=eps_scale_flag, default=None, metavar="TEXT", help=EPS_SCALE_HELP
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="bf16 runs the denoiser under autocast (GPUs: faster; images differ slightly)",
     )
     p.add_argument("--channels-last", action="store_true", help="NHWC weights and images (GPUs)")
+    add_eps_scale_flag(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.set_defaults(func=run)
 
@@ -88,5 +113,6 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         channels_last=args.channels_last,
         device=args.device,
+        eps_scale=args.eps_scale,
     )
     return 0

@@ -24,7 +24,7 @@ from markup2im.errors import ConfigError, DataError
 from markup2im.figures.html import table_page
 from markup2im.figures.tables import METRIC_TITLES, Labelled, format_number, split_label
 from markup2im.metrics import HIGHER_IS_BETTER, METRICS
-from markup2im.names import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
+from markup2im.names import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, PAPER_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def compare_runs(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     confidence: float = CONFIDENCE,
-    labels: tuple[str, str] = ("baseline", "scheduled sampling"),
+    labels: tuple[str, str] = PAPER_LABELS,
 ) -> list[dict[str, Any]]:
     """Write the paired comparison of two metrics CSVs (and, if given, an HTML page of it).
 
@@ -281,7 +281,7 @@ def paired_table(
     paired_csvs: Labelled,
     output_csv: str | os.PathLike[str],
     output_html: str | os.PathLike[str] | None = None,
-    labels: tuple[str, str] = ("baseline", "scheduled sampling"),
+    labels: tuple[str, str] = PAPER_LABELS,
 ) -> list[dict[str, Any]]:
     """All paired comparisons in one table: columns dataset, sampler, then PAIRED_COLUMNS.
 

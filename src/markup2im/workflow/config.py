@@ -17,8 +17,16 @@ from typing import Any
 import jsonschema
 import yaml
 
+from markup2im.eps_scaling import EpsScale
 from markup2im.errors import ConfigError
-from markup2im.names import DOMAINS, METHODS, PAPER_METHODS, PRECISIONS, SAMPLERS
+from markup2im.names import (
+    DOMAINS,
+    INPUT_PERTURBATION_GAMMA,
+    METHODS,
+    PAPER_METHODS,
+    PRECISIONS,
+    SAMPLERS,
+)
 from markup2im.training.config import TrainConfig
 
 # What ``{from_names: NAME}`` in the schema stands for.
@@ -41,8 +49,10 @@ def load_schema(path: str | Path) -> dict:
 
 def fill_train_defaults(schema: dict) -> dict:
     """Give the dataset's ``model`` and ``train`` settings that name a TrainConfig field and
-    state no default of their own TrainConfig's default (the paper's), so that the paper's
-    values live in one place."""
+    state no default of their own TrainConfig's default (the paper's), and input perturbation's
+    gamma DDPM-IP's, so that the paper's values live in one place."""
+    gamma = schema["properties"]["input_perturbation"]["properties"]["gamma"]
+    gamma.setdefault("default", INPUT_PERTURBATION_GAMMA)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     dataset = schema["$defs"]["dataset"]["properties"]
     for section in ("model", "train"):
@@ -182,6 +192,12 @@ def check_config(cfg: dict) -> None:
                 f"config: datasets.{name}.gpu_model is {ds['gpu_model']!r} but "
                 f"datasets.{name}.gpu is 0 (no GPU to ask for)"
             )
+    check_method_settings(cfg)
+    check_eps_scales(cfg["samplers"])
+
+
+def check_method_settings(cfg: dict) -> None:
+    """The settings of the training methods agree with each other and with ``methods``."""
     ss = cfg["scheduled_sampling"]
     for key in ("start", "end"):
         if len(ss[key]) != ss["max_m"]:
@@ -189,6 +205,22 @@ def check_config(cfg: dict) -> None:
                 f"config: scheduled_sampling.{key} has {len(ss[key])} weights but "
                 f"scheduled_sampling.max_m is {ss['max_m']} (one weight per rollout length)"
             )
+    ip = METHODS["input_perturbation"].name
+    if ip in cfg["methods"] and cfg["input_perturbation"]["gamma"] == 0:
+        raise ConfigError(
+            "config: input_perturbation.gamma is 0, which trains the baseline; give a gamma > 0 "
+            "(0.1 in the paper) or leave input_perturbation out of methods"
+        )
+
+
+def check_eps_scales(samplers: Mapping[str, dict]) -> None:
+    """Each sampler's ``eps_scale`` is a valid lambda_t (positive for every timestep)."""
+    for name, sampler in samplers.items():
+        if sampler["eps_scale"] is not None:
+            try:
+                EpsScale.parse(sampler["eps_scale"], key=f"samplers.{name}.eps_scale")
+            except ConfigError as exc:
+                raise ConfigError(f"config: {exc}") from None
 
 
 def load_config(cfg: dict, overrides: Mapping, schema_path: str | Path) -> dict:

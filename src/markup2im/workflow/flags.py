@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from markup2im.eps_scaling import EpsScale
 from markup2im.names import METHODS
 
 # `train:` keys that only say how training runs, not what it makes: resources, not params.
@@ -20,8 +21,9 @@ TRAIN_RUNTIME_KEYS: tuple[str, ...] = (
     "log_every",
     "num_workers",
 )
-# the method whose settings are the top-level `scheduled_sampling:` section (the ss_* flags)
-SCHEDULED_SAMPLING = METHODS["scheduled_sampling"].name
+# the methods whose settings are the top-level sections of the same name
+SCHEDULED_SAMPLING = METHODS["scheduled_sampling"].name  # the ss_* flags
+INPUT_PERTURBATION = METHODS["input_perturbation"].name  # --ip-gamma
 
 
 def cli_flags(settings: Mapping[str, Any]) -> str:
@@ -76,11 +78,12 @@ def train_flags(
     train: Mapping[str, Any],
     encoder: str,
     scheduled_sampling: Mapping[str, Any],
+    input_perturbation: Mapping[str, Any],
 ) -> str:
     """Flags of `markup2im train` that decide the model (so they are rerun triggers).
 
-    ``encoder`` is what ``--encoder`` gets; ``scheduled_sampling`` (the top-level section)
-    only matters to that method.
+    ``encoder`` is what ``--encoder`` gets; ``scheduled_sampling`` and ``input_perturbation``
+    (the top-level sections) only matter to the method of that name.
     """
     flags = {
         "method": method,
@@ -101,7 +104,12 @@ def train_flags(
             ss_end=ss["end"],
             # 0 means no guard (a guard at 0 would still skip every batch holding t = 0)
             ss_min_t=ss["min_t"] or None,
+            # input perturbation on top, only when asked for (0 trains the same as none)
+            ip_gamma=ss["ip_gamma"] or None,
         )
+    elif method == INPUT_PERTURBATION:
+        # always given, so that a change of the config's gamma retrains
+        flags.update(ip_gamma=input_perturbation["gamma"])
     return cli_flags(flags)
 
 
@@ -123,7 +131,8 @@ def import_flags(domain: str, model: Mapping[str, Any], encoder: str) -> str:
 
 
 def sample_flags(generate: Mapping[str, Any], sampler: Mapping[str, Any]) -> str:
-    """Flags of `markup2im generate` that decide the images (split, limit, sampler, seed).
+    """Flags of `markup2im generate` that decide the images (split, limit, sampler, seed,
+    epsilon scaling).
 
     The batch size is left out: a resource, since the images do not depend on it.
     """
@@ -135,8 +144,18 @@ def sample_flags(generate: Mapping[str, Any], sampler: Mapping[str, Any]) -> str
             "num_inference_steps": sampler["steps"],
             "seed": generate["seed"],
             "precision": generate["precision"] if generate["precision"] != "fp32" else None,
+            "eps_scale": eps_scale_flag(sampler["eps_scale"]),
         }
     )
+
+
+def eps_scale_flag(value: Any) -> str | None:
+    """What ``--eps-scale`` gets for a sampler's ``eps_scale`` (a number or {k, b}): None for
+    the plain sampler (unset, or 1), so that it reruns nothing."""
+    if value is None:
+        return None
+    scale = EpsScale.parse(value)
+    return None if scale.identity else str(scale)
 
 
 def evaluate_flags(evaluate: Mapping[str, Any]) -> str:

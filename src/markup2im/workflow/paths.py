@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from markup2im.names import METHODS
+
 # ---- data and encoders -------------------------------------------------------------------------
 DATASET = "results/{dataset}/data/dataset"
 # the filenames of the examples that get denoising frames and GIFs, one a line
@@ -34,8 +36,13 @@ GIF_PAGE = "results/{dataset}/{method}/{sampler}/gifs/{example}.html"
 # ---- figures of one dataset -------------------------------------------------------------------
 COMPARE_GIF = "results/{dataset}/figures/{sampler}/compare/{example}.gif"
 COMPARE_PAGE = "results/{dataset}/figures/{sampler}/compare/{example}.html"
+# The paired comparison of a method with the baseline. Scheduled sampling's (the paper's) keeps
+# the name it had when it was the only one; every other method's carries the method's name.
+PAPER_TREATMENT = METHODS["scheduled_sampling"].name
 PAIRED = "results/{dataset}/figures/{sampler}/paired.csv"
 PAIRED_PAGE = "results/{dataset}/figures/{sampler}/paired.html"
+PAIRED_METHOD = "results/{dataset}/figures/{sampler}/paired_{method}.csv"
+PAIRED_METHOD_PAGE = "results/{dataset}/figures/{sampler}/paired_{method}.html"
 METRIC_PLOTS = "results/{dataset}/figures/{sampler}/metric_distributions.png"
 SAMPLES_GRID = "results/{dataset}/figures/{sampler}/samples_grid.png"
 LOSS_CURVES = "results/{dataset}/figures/loss_curves.png"
@@ -67,6 +74,11 @@ def fill(template: str, **wildcards: str) -> str:
 def for_method(template: str, method: str) -> str:
     """``template`` with only its {method} filled in: the files of one named method."""
     return template.replace("{method}", method)
+
+
+def paired(method: str) -> str:
+    """The template of ``method``'s paired comparison with the baseline ({dataset}, {sampler})."""
+    return PAIRED if method == PAPER_TREATMENT else for_method(PAIRED_METHOD, method)
 
 
 def alternatives(names: Iterable[str]) -> str:

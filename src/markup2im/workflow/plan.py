@@ -21,10 +21,7 @@ from markup2im.names import BASELINE, METHODS, frames_every
 from markup2im.presets import get_domain
 from markup2im.workflow import flags, paths
 from markup2im.workflow.encoders import HubEncoder, is_local_encoder
-from markup2im.workflow.flags import SCHEDULED_SAMPLING
-
-# The paired comparison: this method's score minus the baseline's, image by image.
-TREATMENT = SCHEDULED_SAMPLING
+from markup2im.workflow.paths import PAPER_TREATMENT
 
 
 def kept_frames_every(sampler: Mapping[str, Any]) -> int:
@@ -115,13 +112,19 @@ class DatasetPlan:
         methods = self.trained_methods() if trained_only else self.methods
         return [self.method_label(m) for m in methods]
 
-    def paired_title(self, sampler: str) -> str:
-        treatment, baseline = self.method_label(TREATMENT), self.method_label(BASELINE)
+    def paired_title(self, sampler: str, method: str) -> str:
+        """The title of ``method``'s paired comparison with the baseline."""
+        treatment, baseline = self.method_label(method), self.method_label(BASELINE)
         return f"{self.name}, {sampler}: {treatment} - {baseline}"
 
-    def released_note(self) -> str:
-        """`` (released models)`` when the compared models are imported ones."""
-        imported = [m for m in (BASELINE, TREATMENT) if self.is_released(m)]
+    def paired_run_labels(self, method: str) -> str:
+        """What the pages of ``method``'s paired comparison call the two runs (--labels)."""
+        return f"{self.method_label(BASELINE)},{self.method_label(method)}"
+
+    def released_note(self, method: str) -> str:
+        """`` (released models)`` when the models that ``method``'s paired comparison compares
+        are imported ones."""
+        imported = [m for m in (BASELINE, method) if self.is_released(m)]
         if not imported:
             return ""
         return " (released models)" if len(imported) == 2 else f" (released {imported[0]})"
@@ -182,6 +185,7 @@ class DatasetPlan:
             self.settings["train"],
             self.encoder_argument(),
             self.config["scheduled_sampling"],
+            self.config["input_perturbation"],
         )
 
     def train_runtime_settings(self) -> dict[str, Any]:
@@ -260,8 +264,12 @@ class Plan(Mapping[str, DatasetPlan]):
         self.config = config
         self.methods: list[str] = list(config["methods"])
         self._datasets = {name: DatasetPlan(name, config) for name in config["datasets"]}
-        # The paired comparison (treatment - baseline per image) needs both methods.
-        self.paired: bool = {BASELINE, TREATMENT} <= set(self.methods)
+        # The paired comparison (method - baseline per image) of every other method, when the
+        # baseline runs.
+        self.treatments: list[str] = (
+            [m for m in self.methods if m != BASELINE] if BASELINE in self.methods else []
+        )
+        self.paired: bool = bool(self.treatments)
 
     def __getitem__(self, dataset: str) -> DatasetPlan:
         return self._datasets[dataset]
@@ -301,11 +309,11 @@ class Plan(Mapping[str, DatasetPlan]):
         """Every (dataset, method, sampler)."""
         return [run for plan in self.values() for run in plan.runs()]
 
-    def paired_runs(self) -> list[tuple[str, str]]:
-        """Every (dataset, sampler) of the paired comparison; none unless both methods run."""
-        if not self.paired:
-            return []
-        return [(d, s) for d, plan in self.items() for s in plan.samplers]
+    def paired_runs(self) -> list[tuple[str, str, str]]:
+        """Every (dataset, sampler, method) of the paired comparisons with the baseline."""
+        return [
+            (d, s, m) for d, plan in self.items() for s in plan.samplers for m in self.treatments
+        ]
 
     # -- workflow-wide settings ----------------------------------------------------------------
     def resource(self, kind: str, key: str) -> Any:
@@ -332,10 +340,24 @@ class Plan(Mapping[str, DatasetPlan]):
         return [f"{d}/{self[d].run_name(m)} ({s})" for d, m, s in self.runs()]
 
     def paired_tables(self) -> list[str]:
-        return [paths.fill(paths.PAIRED, dataset=d, sampler=s) for d, s in self.paired_runs()]
+        return [paths.fill(paths.paired(m), dataset=d, sampler=s) for d, s, m in self.paired_runs()]
+
+    def paired_table_run_labels(self) -> str:
+        """What the paired table calls the compared runs (--labels): the method's label when
+        one method is compared with the baseline, else a word for any of them."""
+        if len(self.treatments) == 1:
+            return f"{METHODS[BASELINE].label},{METHODS[self.treatments[0]].label}"
+        return f"{METHODS[BASELINE].label},method"
 
     def paired_labels(self) -> list[str]:
-        return [f"{d}/{s}{self[d].released_note()}" for d, s in self.paired_runs()]
+        """``dataset/sampler``, the paired table's dataset and sampler columns, with the method
+        after the sampler unless scheduled sampling (the paper's) is the only one compared."""
+        named = self.treatments != [PAPER_TREATMENT]
+        labels = []
+        for d, s, m in self.paired_runs():
+            method = f" ({m})" if named else ""
+            labels.append(f"{d}/{s}{method}{self[d].released_note(m)}")
+        return labels
 
     # -- targets of rule all -------------------------------------------------------------------
     def final_targets(self) -> list[str]:

@@ -9,11 +9,10 @@ it draws t, the (always 0) rollout length and the noise exactly as the other met
 from __future__ import annotations
 
 from markup2im.errors import ConfigError
+from markup2im.names import INPUT_PERTURBATION_GAMMA
 from markup2im.scheduled_sampling import ScheduledSamplingConfig
 from markup2im.training.config import TrainConfig
 from markup2im.training.methods.scheduled_sampling import ScheduledSampling
-
-DEFAULT_GAMMA = 0.1  # DDPM-IP's
 
 
 class InputPerturbation(ScheduledSampling):
@@ -27,7 +26,7 @@ class InputPerturbation(ScheduledSampling):
                 "method input_perturbation trains without scheduled sampling; drop --ss-start/"
                 "--ss-end, or use --method scheduled_sampling with --ip-gamma to combine them"
             )
-        gamma = DEFAULT_GAMMA if config.ip_gamma is None else config.ip_gamma
+        gamma = INPUT_PERTURBATION_GAMMA if config.ip_gamma is None else config.ip_gamma
         if gamma == 0:
             raise ConfigError(
                 "method input_perturbation with --ip-gamma 0 is the baseline; use --method "
