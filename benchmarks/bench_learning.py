@@ -1,17 +1,19 @@
-"""Learning curves: DTW ratio to a blank page against training steps, both methods.
+"""Learning curves: DTW ratio to a blank page against training steps, methods side by side.
 
-Trains the baseline and the scheduled-sampling model of one dataset of a workflow config (the
-embedded default unless told otherwise) for a number of minutes or steps, saves a snapshot of
-each every --every steps, and scores each snapshot on the test split and on formulas from another
-generator seed that no model saw. A ratio below 1 means closer to the gold images than a blank
-page (lower is better). The two methods train side by side in two processes of --threads CPU
-threads each (as the workflow runs them; on one GPU they share it), and the snapshots are scored
-the same way. The data is rendered by `markup2im build-dataset` with the workflow's flags for the
+Trains a model per training method (--methods: any registered ones, the paper's two by default)
+on one dataset of a workflow config (the embedded default unless told otherwise) for a number of
+minutes or steps, saves a snapshot of each every --every steps, and scores each snapshot on the
+test split and on formulas from another generator seed that no model saw. A ratio below 1 means
+closer to the gold images than a blank page (lower is better). The methods train side by side,
+one process of --threads CPU threads each (as the workflow runs them; on one GPU they share it),
+and the snapshots are scored the same way. The data is rendered by `markup2im build-dataset` with the workflow's flags for the
 dataset (--data-only renders it and stops: benchmarks/gpu_wheels.sh ships it to a GPU machine).
 
     python benchmarks/bench_learning.py --minutes 6 --every 200
     python benchmarks/bench_learning.py --steps 400 --every 100 --config config.yaml --dataset math
     python benchmarks/bench_learning.py --minutes 3 --points 4 --device cuda --threads 4  # a GPU
+    python benchmarks/bench_learning.py --steps 800 --every 400 \
+        --methods baseline scheduled_sampling input_perturbation
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import yaml
 
 from markup2im.generate import generate
 from markup2im.metrics import evaluate_dirs
+from markup2im.names import METHODS, PAPER_METHODS
 from markup2im.training.config import TrainConfig
 from markup2im.training.stopping import TrainingInterrupted
 from markup2im.training.trainer import train
@@ -42,7 +45,6 @@ from markup2im.workflow.config import load_config
 from markup2im.workflow.flags import render_flags
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("baseline", "scheduled_sampling")
 PROBE_SKIP = 10  # probe steps left out of the timed rate (start-up, cuDNN autotuning)
 # with --minutes, training stops (and says so) this long after it starts: 15% past its budget
 # and the start-up (building the model, CUDA), so that a slower run still ends in time
@@ -53,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="config.yaml", help="workflow config to take settings from")
     p.add_argument("--dataset", default="math", help="dataset of the config")
+    p.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=list(PAPER_METHODS),
+                   help="training methods, side by side (default: the paper's two)")  # fmt: skip
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=None, help="training minutes per method")
     budget.add_argument(
@@ -82,10 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_settings(path: str, dataset: str) -> tuple[dict, dict, dict]:
-    """(dataset entry, scheduled_sampling block, samplers) of a validated workflow config."""
+    """(dataset entry, method settings, samplers) of a validated workflow config; the method
+    settings are its scheduled_sampling block with input perturbation's gamma as ``ip``."""
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     config = load_config(raw, {}, ROOT / "schemas" / "config.schema.yaml")
-    return config["datasets"][dataset], config["scheduled_sampling"], config["samplers"]
+    methods = {**config["scheduled_sampling"], "ip": config["input_perturbation"]["gamma"]}
+    return config["datasets"][dataset], methods, config["samplers"]
 
 
 def build(entry: dict, root: Path, **sizes: int | None) -> Path:
@@ -120,7 +126,10 @@ def train_config(entry: dict, ss: dict, method: str, data: Path, out: Path, step
     extra = {}
     if method == "scheduled_sampling":
         extra = dict(ss_max_m=ss.get("max_m", 1), ss_start=tuple(ss.get("start", [0.0])),
-                     ss_end=tuple(ss.get("end", [0.8])), ss_min_t=ss.get("min_t"))  # fmt: skip
+                     ss_end=tuple(ss.get("end", [0.8])), ss_min_t=ss.get("min_t"),
+                     ip_gamma=ss.get("ip_gamma") or None)  # fmt: skip
+    elif method == "input_perturbation":
+        extra = dict(ip_gamma=ss.get("ip"))
     keep = set(TrainConfig.__dataclass_fields__)
     return TrainConfig(
         dataset_dir=data, output_dir=out, method=method, model_preset=model.get("preset", "small"),
@@ -185,18 +194,21 @@ def run_method(job: tuple) -> list[dict]:
 
 
 def curve_table(curves: dict[str, list[dict]], sampler: dict, steps: int, batch: int) -> str:
-    """The curves as a Markdown table: one row per scored step, both methods side by side."""
+    """The curves as a Markdown table: one row per scored step, the methods side by side."""
+    methods = list(curves)
+    titles = [f"{m} {split}" for split in ("test", "unseen") for m in methods]
     lines = [
         f"DTW ratio to a blank page (lower is better; {sampler['sampler']} "
         f"{sampler.get('steps')} steps), {steps} steps of batch {batch} per method",
         "",
-        "| step | minutes | baseline test | ss test | baseline unseen | ss unseen |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| step | minutes | " + " | ".join(titles) + " |",
+        "|---:|---:|" + "---:|" * len(titles),
     ]
-    for b, s in zip(curves["baseline"], curves["scheduled_sampling"], strict=False):
-        cells = [b["test"], s["test"], b["unseen"], s["unseen"]]
+    for points in zip(*curves.values(), strict=False):
+        cells = [p[split] for split in ("test", "unseen") for p in points]
         shown = [f"{c:.3f}" if c is not None and math.isfinite(c) else "-" for c in cells]
-        lines.append(f"| {b['step']} | {b['minutes']:.1f} | " + " | ".join(shown) + " |")
+        first = points[0]
+        lines.append(f"| {first['step']} | {first['minutes']:.1f} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
 
@@ -213,12 +225,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]] | None:
     root = Path(args.workdir)
     batch = args.batch_size or entry["train"]["batch_size"]
     steps = args.steps or entry["train"].get("max_steps")
-    pool = ProcessPoolExecutor(max_workers=len(METHODS), mp_context=get_context("spawn"))
+    methods = args.methods
+    pool = ProcessPoolExecutor(max_workers=len(methods), mp_context=get_context("spawn"))
     with pool:
         if args.minutes is not None:
             # both methods at once, as they train: on one GPU they share it
             jobs = [(m, entry, ss, data, root / "probe" / m, args.probe_steps, batch, args.threads)
-                    for m in METHODS]  # fmt: skip
+                    for m in methods]  # fmt: skip
             steps = max(1, int(args.minutes * 60 * min(pool.map(probe, jobs))))
         if not steps:
             raise SystemExit("give --steps or --minutes (the config sets no max_steps)")
@@ -230,10 +243,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]] | None:
         options = {"threads": args.threads, "batch_size": batch, "device": args.device,
                    "budget": budget}  # fmt: skip
         jobs = [(m, entry, ss, data, unseen, root / "runs" / m, steps, every, sampler, options)
-                for m in METHODS]  # fmt: skip
+                for m in methods]  # fmt: skip
         for job in jobs:
             shutil.rmtree(job[5], ignore_errors=True)
-        curves = dict(zip(METHODS, pool.map(run_method, jobs), strict=True))
+        curves = dict(zip(methods, pool.map(run_method, jobs), strict=True))
     table = curve_table(curves, sampler, steps, batch)
     print(table)
     if args.table:

@@ -168,3 +168,32 @@ def test_gpu_wheel_kit_is_what_the_machine_lacks_at_the_locked_versions():
     assert {name: kit[name] for name in kit if name in lock} == {
         name: lock[name] for name in kit if name in lock
     }
+
+
+def test_learning_table_has_a_column_per_method_and_split():
+    """bench_learning trains any set of methods; its table shows each on both splits."""
+    import bench_learning
+
+    curves = {
+        m: [
+            {
+                "step": s,
+                "minutes": s / 100,
+                "test": 0.9 - s / 10000 - i / 100,
+                "unseen": 0.95 - i / 100,
+            }
+            for s in (400, 800)
+        ]  # fmt: skip
+        for i, m in enumerate(("baseline", "scheduled_sampling", "input_perturbation"))
+    }
+    table = bench_learning.curve_table(curves, {"sampler": "ddim", "steps": 10}, 800, 16)
+    lines = table.splitlines()
+    assert "| input_perturbation test |" in lines[2] and "| input_perturbation unseen |" in lines[2]
+    assert lines[2].count("|") == 9 and len(lines) == 6
+    assert lines[-1] == "| 800 | 8.0 | 0.820 | 0.810 | 0.800 | 0.950 | 0.940 | 0.930 |"
+    settings = bench_learning.parse_args(["--methods", "baseline", "input_perturbation"])
+    assert settings.methods == ["baseline", "input_perturbation"]
+    entry, methods, _ = bench_learning.load_settings(str(ROOT / "config.yaml"), "math")
+    config = bench_learning.train_config(entry, methods, "input_perturbation", Path("d"),
+                                         Path("o"), 10, 5)  # fmt: skip
+    assert config.method == "input_perturbation" and config.ip_gamma == 0.1
