@@ -10,6 +10,7 @@ from markup2im.errors import ConfigError
 from markup2im.names import BASELINE, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE
 from markup2im.names import METHODS as REGISTERED_METHODS
 from markup2im.workflow import paths
+from markup2im.workflow.cleanup import remove_finished_checkpoints
 from markup2im.workflow.config import load_config
 from markup2im.workflow.flags import threads_per_process
 from markup2im.workflow.paths import alternatives, benchmark, for_method, log
@@ -17,13 +18,15 @@ from markup2im.workflow.plan import Plan
 
 from snakemake.exceptions import WorkflowError
 
-# Fails at parse time, before any job runs, naming the offending key; fills in the defaults.
+# Fails at parse time, before any job runs, naming the offending key (or the input file that
+# is not there); fills in the defaults.
 try:
     PLAN = Plan(
         load_config(
             config,
             dict(workflow.config_settings.config),
             workflow.source_path("../schemas/config.schema.yaml"),
+            root=Path.cwd(),  # Snakemake's working directory (--directory)
         )
     )
 except ConfigError as err:

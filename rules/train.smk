@@ -5,9 +5,12 @@ entry, the import of the authors' released checkpoint.
 The run directory (results/{dataset}/{method}/train) also holds checkpoints/ and the command's own
 train_log.csv. They are not outputs, so a failed, preempted or interrupted (Ctrl-C) job keeps them
 and its rerun resumes from the last checkpoint; with --resume auto, checkpoints of other settings
-or data are moved to checkpoints.stale-<date>-<time> and training starts afresh. After a
-successful run the checkpoints are removed. The models are also targets of `rule all`, so a plain
-rerun rebuilds one that an interrupted job removed.
+or data are moved to checkpoints.stale-<date>-<time> and training starts afresh. The job itself
+never removes them: one that ends while Snakemake is gone (killed) is marked incomplete and
+rerun, and resumes from them. They are removed when a Snakemake run succeeds (onsuccess below,
+markup2im.workflow.cleanup). The models are also targets of `rule all`, so a plain rerun rebuilds
+one that an interrupted job removed. The trainer locks its run directory (.markup2im_train.lock):
+a second trainer there, such as an orphan of a killed Snakemake, stops the job at once.
 """
 
 
@@ -60,7 +63,10 @@ rule train:
         " --walltime-margin {resources.walltime_margin} > {log} 2>&1"
         " && cp {params.rundir}/train_log.csv {output.train_log}.tmp"
         " && mv {output.train_log}.tmp {output.train_log}"
-        " && rm -rf {params.rundir}/checkpoints"
+
+
+onsuccess:
+    remove_finished_checkpoints(PLAN.trainings())
 
 
 rule import_original:

@@ -122,6 +122,25 @@ def test_build_from_a_markup_file_leaves_out_failures_and_counts_them(tmp_path):
     assert formulas.count("x_{0} + y") == 1
 
 
+def test_build_from_a_markup_file_fails_only_the_lines_no_renderer_can_take(tmp_path):
+    """A lone surrogate in one .jsonl line stopped build-dataset with a UnicodeEncodeError."""
+    markup_file = tmp_path / "formulas.jsonl"
+    markups = [f"x_{{{n}}} + y" for n in range(10)] + ["a\ud800b", "c\x00d", "\udfff"]
+    markup_file.write_text(
+        "".join(json.dumps({"markup": m}) + "\n" for m in markups), encoding="utf-8"
+    )
+    out = tmp_path / "ds"
+    summary = build_dataset("math", out, markup_file=markup_file, seed=3, progress=False)
+    assert summary["attempted"] == 13 and summary["rendered"] == 10
+    failed = {item["line"]: item for item in summary["failed"]["items"]}
+    assert sorted(failed) == [11, 12, 13]
+    assert failed[11]["error"].startswith(f"{markup_file}:11: lone surrogate U+D800")
+    assert failed[12]["error"].startswith(f"{markup_file}:12: NUL character")
+    assert failed[11]["markup"] == "a\ufffdb"
+    assert json.loads((out / BUILD_SUMMARY).read_text(encoding="utf-8")) == summary
+    assert sum(len(split) for split in load_dataset_dir(out).values()) == 10
+
+
 def test_duplicate_lines_never_reach_two_splits_and_are_counted(tmp_path):
     """Each formula written three times: before, copies landed in train and test alike."""
     markup_file = tmp_path / "formulas.txt"

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -79,11 +80,14 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=20)
 
 
-def start_demo(model_dir: Path, tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
-    """Start the demo on a free port; another port when that one was taken meanwhile."""
+def start_demo(
+    model_dir: Path, tmp_path: Path, **environ: str
+) -> tuple[subprocess.Popen, str, Path]:
+    """Start the demo on a free port (``environ`` added to its environment); another port
+    when that one was taken meanwhile."""
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env.update(NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    env.update(NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", **environ)
     for attempt in range(3):
         port = free_port()
         log = tmp_path / f"demo-{attempt}.log"
@@ -186,6 +190,71 @@ def test_page_draws_beside_the_renderer_and_shows_its_errors(
         stop(proc)
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
+
+
+def post_file(url: str, content: bytes) -> tuple[int, bytes]:
+    """POST ``content`` as a multipart file upload; the status and body of the answer."""
+    boundary = "m2i-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.txt"\r\n'
+            "Content-Type: text/plain\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        url, data=body, method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )  # fmt: skip
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=30) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.mark.slow
+def test_the_demo_takes_no_uploads_and_sigterm_removes_its_work_dir(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The page has no upload component: every upload route of Gradio refuses a stranger's
+    file, which is stored nowhere (they used to store it and serve it back by
+    /gradio_api/file=). SIGTERM stops the demo with its work directory removed, as Ctrl-C
+    does (it used to be left in the temporary directory)."""
+    pytest.importorskip("gradio", reason="needs the demo extra (requirements-demo-lock.txt)")
+    temp, cache = tmp_path / "tmp", tmp_path / "gradio"
+    temp.mkdir()
+    proc, url, log = start_demo(
+        tiny_model_dir, tmp_path, TMPDIR=str(temp), GRADIO_TEMP_DIR=str(cache)
+    )
+    try:
+        (workdir,) = temp.glob("markup2im-demo-*")
+        marker = f"a stranger's file {time.time_ns()}".encode()
+        for route in ("upload", "upload/", "upload?upload_id=x", "process_recording"):
+            status, body = post_file(f"{url}gradio_api/{route}", marker)
+            assert status == 404, (route, status, body[:300])
+        stored = [p for p in tmp_path.rglob("*") if p.is_file() and marker in p.read_bytes()]
+        assert not stored
+        assert answers(url)  # the page itself is still served
+        proc.send_signal(signal.SIGTERM)  # to the demo alone, as `kill PID` does
+        proc.wait(timeout=60)
+    finally:
+        stop(proc)
+    assert not workdir.exists(), log.read_text(errors="replace")[-3000:]
+    assert "Traceback" not in log.read_text(errors="replace")
+
+
+def test_upload_routes_are_recognised_under_any_prefix_but_files_are_not() -> None:
+    from markup2im.demo import is_upload_route
+
+    for path in ("/gradio_api/upload", "/gradio_api/upload/", "/x/gradio_api/upload",
+                 "/upload", "/gradio_api/process_recording"):  # fmt: skip
+        assert is_upload_route(path), path
+    for path in ("/", "/gradio_api/queue/join", "/gradio_api/file=/tmp/upload",
+                 "/gradio_api/upload_progress"):  # fmt: skip
+        assert not is_upload_route(path), path
 
 
 def test_the_renderers_error_is_shown_as_text() -> None:

@@ -6,6 +6,7 @@ drawing itself, seeds, batches and frames: tests/test_pipeline.py.)"""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -20,7 +21,9 @@ from PIL import Image
 from tiny_model import HEIGHT, MAX_MARKUP, WIDTH
 
 from markup2im.cli import main
+from markup2im.data.markup_files import MarkupFile
 from markup2im.data.render import assign_filenames
+from markup2im.drawing import manifest_csv
 from markup2im.model import Markup2ImModel
 from markup2im.models.encoder import OFFLINE, MarkupEncoder
 from markup2im.pipeline import Markup2ImPipeline
@@ -169,6 +172,60 @@ def test_encoder_says_by_how_many_tokens_it_truncates(caplog) -> None:
     messages = [r.getMessage() for r in caplog.records]
     assert any("truncated 1 of 2 markups to 4 tokens, by 4 tokens" in m for m in messages)
     assert any("by 4 to 6 tokens" in m for m in messages), messages
+
+
+def test_markup_no_model_can_read_is_a_clear_error(
+    untrained_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """Bytes that are not UTF-8 on the command line reach Python as lone surrogates
+    (``$'a\\xffb'`` is "a\\udcffb"), which stopped draw with a UnicodeEncodeError traceback."""
+    for markup, expected in (("a\udcffb", "lone surrogate U+DCFF at character 1"),
+                             ("\ud800", "lone surrogate U+D800 at character 0"),
+                             ("x\x00", "NUL character at character 1")):  # fmt: skip
+        output = tmp_path / "o.png"
+        code, err = run_main(
+            ["draw", "--model-dir", str(untrained_dir), markup, "--output", str(output)], capsys
+        )
+        assert code == 2 and f"the markup to draw holds a {expected}" in err, err
+        assert not output.exists()
+
+
+def test_a_line_no_model_can_read_fails_its_row_only(
+    untrained_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """A lone surrogate in one .jsonl line stopped draw with a UnicodeEncodeError traceback."""
+    source = tmp_path / "f.jsonl"
+    markups = [FORMULAS[0], "a\ud800b", "c\x00d", FORMULAS[1]]
+    source.write_text("".join(json.dumps({"markup": m}) + "\n" for m in markups))
+    out = tmp_path / "out"
+    code = main([
+        "draw", "--model-dir", str(untrained_dir), "--markup-file", str(source),
+        "--output-dir", str(out), "--steps", "2",
+    ])  # fmt: skip
+    assert code == 0
+    assert "manifest: 2 of 4 markups drawn" in capsys.readouterr().out
+    with (out / "manifest.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["line"] for r in rows] == ["1", "2", "3", "4"]
+    assert rows[1]["error"].startswith(f"{source}:2: lone surrogate U+D800")
+    assert rows[2]["error"].startswith(f"{source}:3: NUL character")
+    assert [r["markup"] for r in rows[1:3]] == ["a\ufffdb", "c\ufffdd"]
+    assert [r["filename"] for r in rows[1:3]] == ["", ""]
+    drawn = sorted(p.name for p in out.glob("*.png"))
+    assert drawn == sorted(r["filename"] for r in rows if r["filename"])
+    assert len(drawn) == 2
+
+
+def test_manifest_replaces_unwritable_text_and_says_so_in_the_row(tmp_path: Path) -> None:
+    """A MarkupFile made in Python may hold any str; its manifest is still written."""
+    source = MarkupFile(tmp_path / "f.txt", ["x", "a\ud800\x00"], [1, 2], {1: "bad \udcff"})
+    text = manifest_csv(source, ["a.png", "b.png"], [0, 0], seed=5)
+    rows = list(csv.DictReader(io.StringIO(text.encode("utf-8").decode("utf-8"))))
+    assert rows[0]["error"] == "" and rows[0]["markup"] == "x"
+    assert rows[1]["markup"] == "a\ufffd\ufffd"
+    assert rows[1]["error"] == (
+        "bad \ufffd; 3 character(s) that UTF-8 or a renderer cannot take replaced by U+FFFD"
+    )
 
 
 # ---- drawing with a trained model --------------------------------------------------------------

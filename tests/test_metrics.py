@@ -344,6 +344,30 @@ def test_evaluate_dirs_errors_name_the_files(tmp_path: Path) -> None:
         metrics.evaluate_dirs(empty, gold_dir, tmp_path / "m.csv")
 
 
+def test_a_decompression_bomb_is_a_data_error_naming_it(tmp_path: Path, capsys) -> None:
+    """A few-KB PNG decoding to gigapixels was decoded in full, or raised PIL's
+    DecompressionBombError from a worker: a traceback, exit 1."""
+    from image_helpers import bomb_png
+
+    from markup2im.cli import main
+
+    pred_dir, gold_dir = write_pairs(tmp_path, 4)
+    (pred_dir / "001.png").write_bytes(bomb_png(5000, 5000))  # over markup2im's bound only
+    (gold_dir / "002.png").write_bytes(bomb_png(20_000, 10_000))  # over PIL's too
+    with pytest.raises(DataError) as info:
+        metrics.evaluate_dirs(pred_dir, gold_dir, tmp_path / "m.csv", workers=2)
+    message = str(info.value)
+    assert "2 image pair(s)" in message
+    assert f"{pred_dir / '001.png'}: a possible decompression bomb" in message
+    assert f"{gold_dir / '002.png'}: a possible decompression bomb" in message
+    assert not (tmp_path / "m.csv").exists()
+    code = main([
+        "evaluate", "--pred-dir", str(pred_dir), "--gold-dir", str(gold_dir),
+        "--output", str(tmp_path / "m.csv"), "--workers", "1",
+    ])  # fmt: skip
+    assert code == 2 and "possible decompression bomb" in capsys.readouterr().err
+
+
 def test_evaluate_command(tmp_path: Path) -> None:
     pred_dir, gold_dir = write_pairs(tmp_path, 6)
     out_csv, out_json = tmp_path / "m.csv", tmp_path / "s.json"

@@ -154,6 +154,53 @@ def test_a_missing_tokenizer_file_is_refused(saved, tmp_path, name):
         Markup2ImModel.from_pretrained(copy)
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "not JSON"),
+        (b'{"height": 64,', "not JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"format_version": 1}', "lacks height, width, channels"),
+        (b"KEEP-VERSION height=tall", "height must be a positive integer, got 'tall'"),
+        (b"KEEP-VERSION width=null", "width must be a positive integer, got None"),
+        (b"KEEP-VERSION model_preset=7", "model_preset must be a string, got 7"),
+    ],
+)
+def test_a_corrupt_model_record_is_a_model_error_naming_it(saved, tmp_path, content, expected):
+    """A damaged markup2im_model.json ended in a raw traceback (JSONDecodeError, KeyError)."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(saved, copy)
+    record_path = copy / "markup2im_model.json"
+    if content.startswith(b"KEEP-VERSION "):  # a valid record with one value changed
+        key, value = content.decode().split(" ", 1)[1].split("=")
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        record[key] = json.loads(value) if value in ("null", "7") else value
+        content = json.dumps(record).encode()
+    record_path.write_bytes(content)
+    with pytest.raises(ModelError) as info:
+        Markup2ImModel.from_pretrained(copy)
+    message = str(info.value)
+    assert message.startswith(f"{record_path}: ") and expected in message, message
+    assert "save_pretrained" in message  # what to do about it
+
+
+def test_a_corrupt_model_record_exits_2_without_a_traceback(saved, tmp_path, capsys):
+    import shutil
+
+    from markup2im.cli import main
+
+    copy = tmp_path / "model"
+    shutil.copytree(saved, copy)
+    (copy / "markup2im_model.json").write_text("{oops", encoding="utf-8")
+    code = main(["draw", "--model-dir", str(copy), "x", "--output", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{copy / 'markup2im_model.json'}: not JSON" in err
+    assert "Traceback" not in err
+
+
 def test_model_dir_that_is_a_file_is_named(tmp_path):
     path = tmp_path / "model"
     path.write_text("not a model\n")

@@ -45,7 +45,7 @@ from markup2im.data.render.canvas import (
     ink_box,
 )
 from markup2im.data.render.latex import PREAMBLE
-from markup2im.data.render.process import SANDBOX_HOSTNAME, run_watched
+from markup2im.data.render.process import SANDBOX_HOSTNAME, Limits, run_watched
 from markup2im.errors import ConfigError, RenderError
 from markup2im.presets import DOMAINS
 
@@ -462,7 +462,7 @@ def test_renderers_run_without_network_home_host_name_or_environment(tmp_path, m
 def test_rendering_stops_with_a_clear_error_where_the_sandbox_cannot_run(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for program in ("latex", "dvipng"):
+    for program in ("latex", "dvipng", "prlimit"):
         (bin_dir / program).symlink_to(shutil.which(program))
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(RenderError, match=r"`bwrap` is not on PATH.*apt-get install bubblewrap"):
@@ -703,17 +703,17 @@ def test_a_formula_cannot_change_how_the_next_one_renders(monkeypatch):
     together = render_markups("math", batch, workers=1, batch_size=len(batch), progress=False)
     for n in range(len(followers)):
         assert together[2 * n + 1].ok and together[2 * n + 1].png == clean[n].png, LEAKS[n]
-    assert all(latex.needs_own_document(f) for f in LEAKS)
-    assert not any(latex.needs_own_document(f) for f in MATH_GOOD + followers)
+    assert not any(latex.can_share(f) for f in LEAKS)
+    assert all(latex.can_share(f) for f in MATH_GOOD + followers)
     # without compiling them alone, the first one does leak: the comparison above can fail
-    monkeypatch.setattr(latex, "needs_own_document", lambda formula: False)
+    monkeypatch.setattr(latex, "can_share", lambda formula: True)
     leaked = render_markups("math", batch[:2], workers=1, batch_size=2, progress=False)
     assert leaked[1].ok and leaked[1].png != clean[0].png
 
 
 def test_most_real_formulas_still_share_a_document():
     formulas = sympy_latex_formulas()
-    alone = [f for f in formulas if latex.needs_own_document(f)]
+    alone = [f for f in formulas if not latex.can_share(f)]
     assert len(alone) < 0.05 * len(formulas), alone[:20]
 
 
@@ -764,3 +764,214 @@ def test_python_under_tmp_stays_visible_in_the_sandbox(tmp_path: Path, monkeypat
         assert argv.index("/tmp") < argv.index(str(venv))  # bound after the empty /tmp
     finally:
         shutil.rmtree(venv, ignore_errors=True)
+
+
+# ---- items cannot reach each other ---------------------------------------------------------------
+
+# Scheme that walks every directory it can see below /tmp, the temporary directory and the parent
+# of its own: it overwrites every LilyPond source and image of another item it finds (with music
+# reading PWNED), leaves a file in every directory, and shows the first line of every other
+# item's source it could read (or "none").
+SCHEME_ATTACK = r"""#(use-modules (ice-9 ftw) (ice-9 rdelim) (srfi srfi-1))
+#(define own (getcwd))
+#(define (mine? path) (string-prefix? (string-append own "/") path))
+#(define (own-batch-file? path) (string-prefix? (string-append own "/m1.") path))
+#(define found '())
+#(define (try thunk) (catch #t thunk (lambda _ #f)))
+#(define (visit path stat flag)
+   (cond
+    ((and (eq? flag 'directory) (not (string=? path own)))
+     (try (lambda () (call-with-output-file (string-append path "/PWNED.ly")
+                       (lambda (p) (display "x" p))))))
+    ((string-suffix? "/PWNED.ly" path) #t)  ; its own, left in its private /tmp
+    ((and (eq? flag 'regular) (or (not (mine? path)) (and (mine? path) (not (own-batch-file? path))
+                                                        (string-prefix? (string-append own "/m") path))))
+     (let ((line (try (lambda () (call-with-input-file path read-line)))))
+       (when (and (string? line) (string-suffix? ".ly" path)) (set! found (cons line found))))
+     (try (lambda () (call-with-output-file path
+                       (lambda (p) (display (if (string-suffix? ".ly" path)
+                                                "\\markup \"PWNED\"" "PWNED") p)))))))
+   #t)
+#(for-each (lambda (top) (try (lambda () (ftw top visit))))
+           (list "/tmp" (or (getenv "TMPDIR") "/tmp") (dirname own)))
+\markup #(if (null? found) "none" (string-join found " "))
+"""
+
+
+def test_a_lilypond_item_cannot_read_or_write_another_items_files():
+    victims = [r"{ c'4 d'4 e'2 }", r"{ g'1 }"]
+    alone = [render_markups("music", [v], workers=1, progress=False)[0] for v in victims]
+    (none,) = render_markups("music", ['\\markup "none"'], workers=1, progress=False)
+    # one worker: the three items run one after the other, as they would in one batch
+    items = render_markups(
+        "music", [victims[0], SCHEME_ATTACK, victims[1]], workers=1, progress=False
+    )
+    assert items[0].ok and items[0].png == alone[0].png, items[0].error
+    assert items[2].ok and items[2].png == alone[1].png, items[2].error
+    assert items[1].ok and items[1].png == none.png, "it read another item's source"
+
+
+def test_a_renderer_run_sees_and_writes_nothing_but_its_own_work_dir(tmp_path, monkeypatch):
+    # the class: whatever a renderer does, it reaches only its own directory, not its siblings
+    # or the temporary directory that holds every item's
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    root = Path(tempfile.mkdtemp(prefix="markup2im-render-"))
+    mine, other = root / "item0", root / "item1"
+    mine.mkdir()
+    other.mkdir()
+    (other / "score.ly").write_text("victim\n", encoding="utf-8")
+    script = (
+        'for d in .. ../item1 ../.. /tmp "$TMPDIR" ' + str(root) + " " + str(other) + "; do "
+        'touch "$d/pwned" 2>/dev/null && echo wrote $d; done; '
+        "cat ../item1/score.ly " + str(other / "score.ly") + " 2>/dev/null; "
+        "ls -A .. " + str(root) + " 2>/dev/null; touch mine && echo own-ok"
+    )
+    outcome = run_watched(["sh", "-c", script], cwd=mine, timeout=30)
+    assert outcome.returncode == 0, outcome.output
+    assert "victim" not in outcome.output and "item1" not in outcome.output, outcome.output
+    assert (other / "score.ly").read_text(encoding="utf-8") == "victim\n"
+    made = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert made == sorted(
+        str(p.relative_to(tmp_path)) for p in [tmp, root, mine, other, other / "score.ly",
+                                               mine / "mine", mine / ".runtime"]
+    ) or made == sorted(  # (.runtime only where renderer_env made it)
+        str(p.relative_to(tmp_path)) for p in [tmp, root, mine, other, other / "score.ly",
+                                               mine / "mine"]
+    ), made  # fmt: skip
+    assert outcome.output.strip().endswith("own-ok")
+
+
+def test_html_items_render_each_in_a_directory_of_its_own():
+    # a page that points at the files another item would have had beside it
+    peek = '<img src="item0.png"><img src="../item0/page.png"><iframe src="item0.html"></iframe>x'
+    (alone,) = render_markups("tables", [peek], workers=1, progress=False)
+    items = render_markups("tables", ["<b>victim</b>", peek], workers=1, progress=False)
+    assert items[1].png == alone.png and items[1].error == alone.error
+
+
+# ---- LaTeX: only known-safe formulas share a document -------------------------------------------
+
+# each changes the next formula of a shared document, and none uses a command the old list named
+GLOBAL_STATE = [
+    r"\footnotemark x",  # the footnote counter (global) numbers the next one
+    r"\ht\strutbox=30pt \mathstrut x",  # box dimensions are global in TeX
+    r"\thepage",  # the page number: differs with the position in a document
+    r"\the\inputlineno",  # the input line: differs with the position too
+]
+
+
+@pytest.mark.parametrize("formula", GLOBAL_STATE)
+def test_a_formula_outside_the_safe_list_renders_alone_and_changes_nothing(formula):
+    follower = r"\footnotemark \strut \alpha + \frac{1}{2}"
+    assert not latex.can_share(formula)
+    (alone,) = render_markups("math", [formula], workers=1, progress=False)
+    batch = ["y", formula, "y", r"\frac{a}{b}"]
+    together = render_markups("math", batch, workers=1, batch_size=4, progress=False)
+    assert together[1].png == alone.png and together[1].error == alone.error
+    (clean,) = render_markups("math", [r"\frac{a}{b}"], workers=1, progress=False)
+    assert together[3].png == clean.png
+    # the follower uses unsafe commands itself: it renders alone, whatever came before
+    pair = render_markups("math", [formula, follower], workers=1, batch_size=2, progress=False)
+    (follower_alone,) = render_markups("math", [follower], workers=1, progress=False)
+    assert pair[1].png == follower_alone.png
+
+
+def test_any_command_outside_the_safe_list_keeps_a_formula_alone():
+    rng = random.Random(3)
+    words = ["foo", "thepage", "global", "ht", "the", "stepcounter", "input", "relax", "count"]
+    words += [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(50)
+    ]
+    for word in words:
+        if word in latex.SAFE_COMMANDS:
+            continue
+        for formula in (rf"\{word} x", rf"x^{{\{word}}}", rf"\frac{{\{word}}}{{2}}"):
+            assert not latex.can_share(formula), formula
+    for formula in ("x $ y", "#1", "x^^41", "x \\", "x }{ y", "x \u00e9", r"\begin{document}"):
+        assert not latex.can_share(formula), formula
+    for formula in MATH_GOOD + [r"\text{a \% b} \{x\}", r"\begin{cases} a & b \\ c \end{cases}"]:
+        assert latex.can_share(formula), formula
+
+
+def test_ending_the_document_is_reported_as_such():
+    for formula in (r"x \end{displaymath}\end{document}", r"x \end{displaymath}\stop"):
+        (item,) = render_markups("math", [formula], workers=1, progress=False)
+        assert not item.ok and "ended the document early" in item.error, item.error
+
+
+# ---- memory and disk bounds ------------------------------------------------------------------------
+
+SMALL = Limits(memory_mb=600, disk_mb=20)  # small enough for a test machine shared with others
+
+
+def test_a_lilypond_memory_or_disk_bomb_fails_its_item_and_names_the_limit():
+    memory = "#(define big (make-list 200000000 1))\n{ c'4 }"  # ~3 GiB of pairs
+    disk = (  # 100 files of 1 MB: five times the limit
+        '#(let loop ((n 0)) (when (< n 100) (call-with-output-file (format #f "f~a" n) '
+        "(lambda (p) (display (make-string 1000000 #\\x) p))) (loop (+ n 1))))\n{ c'4 }"
+    )
+    start = time.monotonic()
+    items = render_markups(
+        "music", ["{ c'4 }", memory, disk, "{ d'4 }"], workers=1, limits=SMALL, timeout=30,
+        progress=False,
+    )  # fmt: skip
+    assert time.monotonic() - start < 120
+    assert items[0].ok and items[3].ok
+    assert not items[1].ok and "memory limit" in items[1].error and "600 MiB" in items[1].error
+    assert not items[2].ok and "disk limit" in items[2].error and "20 MiB" in items[2].error
+
+
+def test_a_huge_molecule_fails_at_the_memory_limit_and_the_rest_draw():
+    items = render_markups(
+        "molecules", ["CCO", "C" * 2_000_000, "c1ccccc1"], workers=1, timeout=30,
+        limits=Limits(memory_mb=700), progress=False,
+    )  # fmt: skip
+    assert items[0].ok and items[2].ok
+    assert not items[1].ok and "memory limit" in items[1].error and "700 MiB" in items[1].error
+
+
+def test_a_single_huge_file_stops_at_the_disk_limit(tmp_path):
+    outcome = run_watched(
+        ["sh", "-c", "head -c 50000000 /dev/zero > big; echo done"],
+        cwd=tmp_path,
+        timeout=30,
+        limits=Limits(disk_mb=5),
+    )
+    assert (tmp_path / "big").stat().st_size <= 5 * 1024 * 1024
+    assert "disk limit reached" in outcome.limit and "5 MiB" in outcome.limit
+
+
+def test_limits_and_canvas_sizes_are_checked(tmp_path):
+    for bad in ({"memory_mb": 0}, {"disk_mb": -1}, {"memory_mb": 1.5}, {"disk_mb": 10**9}):
+        with pytest.raises(RenderError, match="limit must be a whole number of MiB"):
+            Limits(**bad)
+    with pytest.raises(RenderError, match="1..4096 pixels"):
+        render_markups("math", ["x"], width=100_000, progress=False)
+    markup_file = tmp_path / "m.txt"
+    markup_file.write_text("x\n", encoding="utf-8")
+    for flag in ("--width", "--height"):
+        proc = subprocess.run(
+            [*CLI, "render", "--domain", "math", "--markup-file", str(markup_file),
+             "--output-dir", str(tmp_path / "out"), flag, "100000"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 2 and "at most 4096" in proc.stderr
+    proc = subprocess.run(
+        [*CLI, "render", "--domain", "math", "--markup-file", str(markup_file),
+         "--output-dir", str(tmp_path / "out"), "--memory-limit", "2048", "--disk-limit", "64"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_the_default_limits_let_real_items_of_every_domain_through():
+    from markup2im.data.synth import generate
+
+    for domain in ("math", "tables", "molecules", "music"):
+        markups = generate(domain, 24 if domain == "music" else 100, seed=5)
+        items = render_markups(domain, markups, workers=2, progress=False)
+        limited = [i.error for i in items if "limit" in i.error]
+        assert not limited, (domain, limited)

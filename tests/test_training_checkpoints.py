@@ -138,6 +138,54 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(
     ]
 
 
+@pytest.mark.parametrize("where", ["state", "record"])
+def test_a_full_disk_during_a_save_is_a_clear_error_and_leaves_no_partial_checkpoint(
+    tmp_path: Path, dataset_dir: Path, monkeypatch, where: str
+) -> None:
+    """ENOSPC in the middle of a checkpoint ended in a raw OSError traceback (exit 1) and left
+    the half-written .tmp-checkpoint behind."""
+    import errno
+
+    from accelerate import Accelerator
+
+    from markup2im.errors import Markup2ImError
+    from markup2im.training import checkpoints
+
+    def full(path: Path) -> OSError:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "model.safetensors").write_bytes(b"half")  # what got written before the disk filled
+        return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    save_state, write_json = Accelerator.save_state, checkpoints.write_json
+
+    def failing_state(self, output_dir=None, **kwargs):
+        if str(output_dir).endswith("checkpoint-4"):
+            raise full(Path(output_dir))
+        return save_state(self, output_dir, **kwargs)
+
+    def failing_record(path, value):
+        if path.parent.name.endswith("checkpoint-4"):
+            raise full(path.parent)
+        return write_json(path, value)
+
+    if where == "state":
+        monkeypatch.setattr(Accelerator, "save_state", failing_state)
+    else:
+        monkeypatch.setattr(checkpoints, "write_json", failing_record)
+    out = tmp_path / "run"
+    with pytest.raises(checkpoints.CheckpointSaveError) as info:
+        train(tiny(dataset_dir, out, max_steps=4, checkpoint_every=2))
+    assert isinstance(info.value, Markup2ImError)  # the CLI prints it and exits 2
+    message = str(info.value)
+    assert message.startswith(
+        f"cannot save checkpoint-4 in {out / 'checkpoints'}: the disk is full"
+    )
+    assert "the newest complete one, checkpoint-2, is kept" in message
+    assert "free space on that disk" in message and "--resume latest" in message
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2"]
+    assert not (out / "model").exists()
+
+
 def test_resume_auto_treats_another_process_count_as_other_settings(
     tmp_path: Path, dataset_dir: Path, caplog
 ) -> None:

@@ -36,6 +36,7 @@ from training_helpers import (
 )
 
 from markup2im.cli import main as cli_main
+from markup2im.errors import DataError
 from markup2im.names import LOG_COLUMNS
 from markup2im.training.checkpoints import list_checkpoints
 from markup2im.training.stopping import TrainingInterrupted
@@ -285,6 +286,48 @@ def test_resume_mid_epoch_with_ema_equals_uninterrupted(tmp_path: Path, dataset_
     assert [(r["epoch"], r["loss"], r["lr"]) for r in cut_rows] == [
         (r["epoch"], r["loss"], r["lr"]) for r in whole_rows
     ]
+
+
+def test_a_second_trainer_in_the_same_directory_stops_at_once(
+    tmp_path: Path, dataset_dir: Path
+) -> None:
+    """While one training runs in a directory, a second process training there stops with
+    exit status 2 and a message naming the first, and changes nothing; the first, stopped by
+    SIGTERM, releases the lock (it used to share the checkpoints with the second)."""
+    out = tmp_path / "run"
+    steps = ["--max-steps", "100000", "--checkpoint-every", "100000", "--log-every", "1"]
+    first = subprocess.Popen(
+        cli_train(dataset_dir, out, *steps), env=ENV, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 600  # against a hang only
+        while not (out / "train_log.csv").is_file() or not read_log(out / "train_log.csv"):
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "no logged step"
+            time.sleep(0.05)
+        second = subprocess.run(cli_train(dataset_dir, out, *steps), env=ENV,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert second.returncode == 2, second.stderr[-4000:]
+        assert f"is in use by another training, PID {first.pid} on host" in second.stderr
+        assert f"kill {first.pid}" in second.stderr and "Traceback" not in second.stderr
+        assert "process 0 of 1 (" not in second.stderr  # stopped before building anything
+        assert first.poll() is None  # the first trains on
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 143, stderr[-4000:]
+    assert not (out / ".markup2im_train.lock").exists()
+    assert len(list_checkpoints(out / "checkpoints")) == 1  # the first's, on SIGTERM
+
+
+def test_the_lock_is_released_when_training_fails(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(DataError):
+        train(tiny(tmp_path / "no-such-dataset", out))
+    assert out.is_dir() and not (out / ".markup2im_train.lock").exists()
 
 
 @pytest.mark.slow

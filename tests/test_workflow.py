@@ -197,6 +197,30 @@ BAD_CONFIGS = {
         {"datasets": {"m": minimal_dataset()}, "input_perturbation": {"gamma": -0.1}},
         ["input_perturbation.gamma", "-0.1"],
     ),
+    "missing markup file": (
+        {"datasets": {"m": {"domain": "math", "source": {"render": {"markup_file": "f.txt"}}}}},
+        ["datasets.m.source.render.markup_file", "'f.txt'", "does not exist"],
+    ),
+    "missing local hub copy": (
+        {
+            "datasets": {
+                "m": {"domain": "math", "source": {"hub": {"id": "a/b", "local_path": "c"}}}
+            }
+        },
+        ["datasets.m.source.hub.local_path", "'c'", "does not exist"],
+    ),
+    "missing released checkpoint": (
+        {
+            "datasets": {
+                "m": {**minimal_dataset(), "released": {"baseline": {"checkpoint": "b.pt"}}}
+            }
+        },
+        ["datasets.m.released.baseline.checkpoint", "'b.pt'", "does not exist"],
+    ),
+    "missing local encoder": (
+        {"datasets": {"m": {**minimal_dataset(), "model": {"encoder": "./enc"}}}},
+        ["datasets.m.model.encoder", "'./enc'", "does not exist"],
+    ),
     "eps_scale not positive": (
         {
             "datasets": {"m": minimal_dataset()},
@@ -222,6 +246,29 @@ def test_bad_config_fails_before_any_job(tmp_path: Path, case: str) -> None:
     assert not (tmp_path / "logs").exists()  # no job started
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["keep.txt"]
     assert keep.read_text() == "made earlier\n"
+
+
+def test_a_missing_markup_file_never_reuses_the_old_dataset(tmp_path: Path) -> None:
+    """The markup file of a dataset built earlier is gone (renamed, a typo in the config):
+    the run stops, naming key and path, instead of keeping the old dataset as if it were the
+    file's ("Nothing to be done", exit 0: Snakemake takes an output whose input is missing for
+    a source)."""
+    config = yaml.safe_load(MICRO.read_text())
+    render = config["datasets"]["micro"]["source"]["render"]
+    del render["synthetic"]
+    render["markup_file"] = "gone.txt"
+    configfile = write_config(tmp_path / "c.yaml", config)
+    old = tmp_path / "results" / "micro" / "data" / "dataset"
+    old.mkdir(parents=True)
+    (old / "dataset_dict.json").write_text("{}")
+    target = "results/micro/data/dataset"
+    for args in (["-n"], []):
+        proc = snakemake(tmp_path, "--configfile", configfile, *args, "--", target)
+        text = output_of(proc)
+        assert proc.returncode != 0, text
+        assert "datasets.micro.source.render.markup_file names 'gone.txt'" in text, text
+        assert "Nothing to be done" not in text
+    assert not (tmp_path / "logs").exists()
 
 
 def test_defaults_are_filled_in(tmp_path: Path) -> None:
@@ -430,6 +477,80 @@ def test_released_config_imports_generates_and_evaluates_without_training(tmp_pa
     proc = snakemake(tmp_path, "--configfile", RELEASED, "-n")
     assert proc.returncode != 0
     assert "released/tables/baseline/model_e100_lr0.0001.pt.100" in output_of(proc)
+
+
+# Snakemake's CLI as a dry run that also writes each job's params (what its `params` rerun
+# trigger compares) and inputs, one JSON line per job, to the file named by $JOB_PARAMS.
+DUMP_JOB_PARAMS = """
+import json, os, sys
+from snakemake.cli import main
+from snakemake.executors import dryrun
+
+run_job = dryrun.Executor.run_job
+
+
+def dump(self, job):
+    with open(os.environ["JOB_PARAMS"], "a", encoding="utf-8") as out:
+        out.write(json.dumps({
+            "job": [job.rule.name, sorted(dict(job.wildcards_dict).items())],
+            "params": [[k, repr(v)] for k, v in job.params.items()],
+            "input": sorted(map(str, job.input)),
+        }) + "\\n")
+    return run_job(self, job)
+
+
+dryrun.Executor.run_job = dump
+sys.argv = ["snakemake", *sys.argv[1:]]
+main()
+"""
+
+
+def job_params(workdir: Path, configfile: Path) -> dict[str, dict]:
+    """{rule and wildcards: params and inputs} of every job of a dry run of ``configfile``."""
+    dump = workdir / f"{configfile.stem}.jobs.jsonl"
+    cmd = [sys.executable, "-c", DUMP_JOB_PARAMS, *snakemake_command(workdir)[3:]]
+    proc = subprocess.run(
+        [*cmd, "--configfile", str(configfile), "-n"],
+        cwd=workdir,
+        env={**offline_env(), "JOB_PARAMS": str(dump)},
+        capture_output=True,
+        text=True,
+        timeout=QUICK_TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, output_of(proc)
+    jobs = {}
+    for line in dump.read_text(encoding="utf-8").splitlines():
+        job = json.loads(line)
+        jobs[json.dumps(job.pop("job"))] = job
+    return jobs
+
+
+def reversed_keys(node: object) -> object:
+    """``node`` with the keys of every mapping in reverse order (lists kept in order)."""
+    if isinstance(node, dict):
+        return {k: reversed_keys(v) for k, v in reversed(list(node.items()))}
+    if isinstance(node, list):
+        return [reversed_keys(v) for v in node]
+    return node
+
+
+@pytest.mark.parametrize(
+    "shipped", [REPO / "config.yaml", PAPER, RELEASED], ids=["default", "paper", "released"]
+)
+def test_reordered_config_keys_change_no_jobs_params(tmp_path: Path, shipped: Path) -> None:
+    """The same config with the keys of every mapping in reverse order plans the same jobs
+    with the same params (the order of the flags used to follow the keys: "Params have
+    changed", a retraining of everything)."""
+    config = yaml.safe_load(shipped.read_text())
+    released_checkpoints(tmp_path, config)
+    first = job_params(tmp_path, write_config(tmp_path / "config.yaml", config))
+    second = job_params(tmp_path, write_config(tmp_path / "reordered.yaml", reversed_keys(config)))
+    assert len(first) > 10
+    assert any(job.startswith('["train"') for job in first) == (shipped != RELEASED)
+    assert first.keys() == second.keys()
+    for job, planned in first.items():
+        assert planned == second[job], job
 
 
 # ---- real runs of the micro configuration ------------------------------------------------------
@@ -858,6 +979,83 @@ def test_ctrl_c_during_forced_training_then_a_plain_rerun_rebuilds_the_models(
         log = read_rows(micro_copy / "results" / "micro" / method / "train_log.csv")
         assert [r["step"] for r in log] == [str(s) for s in range(1, steps + 1)], method
         assert not (rundirs[method] / "checkpoints").exists()  # removed once complete
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def kill_snakemake_at_a_checkpoint(workdir: Path, method: str, stop: bool) -> int:
+    """Train ``method`` of the micro config and SIGKILL Snakemake alone once a checkpoint is
+    written; its job runs on as an orphan (stopped, if ``stop``, until SIGCONT to the returned
+    process group). Snakemake's own lock, left by the kill, is removed."""
+    target = f"results/micro/{method}/train/model"
+    with (workdir / f"killed-{method}.out").open("w", encoding="utf-8") as output:
+        proc = subprocess.Popen(
+            snakemake_command(workdir, "--configfile", MICRO, "--", target),
+            cwd=workdir,
+            env=offline_env(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    rundir = workdir / "results" / "micro" / method / "train"
+    try:
+        wait_until(lambda: list(rundir.glob("checkpoints/checkpoint-*")), "checkpoint", proc)
+    finally:
+        if stop:
+            os.killpg(proc.pid, signal.SIGSTOP)
+        proc.kill()
+        proc.wait()
+    assert_ok(snakemake(workdir, "--configfile", MICRO, "--unlock"), workdir)
+    return proc.pid
+
+
+@pytest.mark.slow
+def test_after_a_killed_snakemake_the_orphan_holds_the_lock_and_the_rerun_resumes(
+    tmp_path: Path,
+) -> None:
+    """Snakemake killed with SIGKILL leaves its training running as an orphan. Once the orphan
+    has finished, the rerun of the job Snakemake marked incomplete resumes from its checkpoints
+    (the job used to remove them, so training started from scratch); a rerun while the orphan
+    trains stops at once on its lock (they used to share the checkpoints)."""
+    steps = yaml.safe_load(MICRO.read_text())["datasets"]["micro"]["train"]["max_steps"]
+    methods = ("baseline", "scheduled_sampling")
+    rundirs = {m: tmp_path / "results" / "micro" / m / "train" for m in methods}
+    logs = {m: tmp_path / "logs" / "train" / "micro" / f"{m}.log" for m in methods}
+
+    orphan = kill_snakemake_at_a_checkpoint(tmp_path, "baseline", stop=False)
+    wait_until(lambda: not group_alive(orphan), "end of the orphan training")
+    assert (rundirs["baseline"] / "model").is_dir()
+    proc = snakemake(tmp_path, "--configfile", MICRO, "--", "results/micro/baseline/train/model")
+    assert_ok(proc, tmp_path)
+    assert job_counts(output_of(proc)).get("train") == 1, output_of(proc)  # marked incomplete
+    assert f"resuming at step {steps}" in logs["baseline"].read_text(encoding="utf-8")
+    log_rows = read_rows(tmp_path / "results" / "micro" / "baseline" / "train_log.csv")
+    assert [r["step"] for r in log_rows] == [str(s) for s in range(1, steps + 1)]
+    assert not (rundirs["baseline"] / "checkpoints").exists()  # removed once recorded done
+
+    method = methods[1]
+    target = f"results/micro/{method}/train/model"
+    orphan = kill_snakemake_at_a_checkpoint(tmp_path, method, stop=True)
+    try:
+        lock = json.loads((rundirs[method] / ".markup2im_train.lock").read_text("utf-8"))
+        locked = snakemake(tmp_path, "--configfile", MICRO, "--", target)
+        assert locked.returncode != 0
+        text = logs[method].read_text(encoding="utf-8")
+        assert f"is in use by another training, PID {lock['pid']} on host" in text, text
+        assert not (rundirs[method] / "model").exists()
+    finally:
+        os.killpg(orphan, signal.SIGCONT)
+    wait_until(lambda: not group_alive(orphan), "end of the orphan training")
+    assert_ok(snakemake(tmp_path, "--configfile", MICRO, "--", target), tmp_path)
+    log_rows = read_rows(tmp_path / "results" / "micro" / method / "train_log.csv")
+    assert [r["step"] for r in log_rows] == [str(s) for s in range(1, steps + 1)]
+    assert not list(tmp_path.glob("results/micro/*/train/.markup2im_train.lock"))
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from markup2im.errors import ConfigError
 from markup2im.names import DOMAINS, METHODS, PAPER_METHODS, PRECISIONS, SAMPLERS
 from markup2im.workflow.config import (
     check_config,
+    check_input_files,
     fill_names,
     load_config,
     load_schema,
@@ -224,3 +225,45 @@ def test_training_defaults_are_the_training_configs() -> None:
         dataset["train"]["learning_rate"] == 1e-4
         and dataset["model"]["prediction_type"] == "epsilon"
     )
+
+
+def test_every_local_input_the_config_names_must_exist(tmp_path: Path) -> None:
+    """markup_file, a hub copy, released checkpoints and a local encoder: each missing one
+    (or one of the wrong kind) is a ConfigError naming its key and path; relative paths are
+    read from the working directory given, absolute ones and ~ as they are."""
+    config = config_of("config/micro.yaml")
+    dataset = config["datasets"]["micro"]
+    dataset["source"]["render"] = {"markup_file": "m.txt"}
+    dataset["released"] = {"baseline": {"checkpoint": "ckpt/b.pt"}}
+    dataset["model"]["encoder"] = "./encoder"
+    with pytest.raises(
+        ConfigError, match=r"datasets\.micro\.source\.render\.markup_file names 'm\.txt'"
+    ):
+        check_input_files(config, tmp_path)
+    (tmp_path / "m.txt").mkdir()  # a directory is no markup file
+    with pytest.raises(ConfigError, match="markup_file names 'm.txt'.*not a regular file"):
+        check_input_files(config, tmp_path)
+    (tmp_path / "m.txt").rmdir()
+    (tmp_path / "m.txt").write_text("x\n")
+    with pytest.raises(ConfigError, match="released.baseline.checkpoint names 'ckpt/b.pt'") as e:
+        check_input_files(config, tmp_path)
+    assert str(tmp_path.resolve()) in str(e.value)  # says where relative paths are read from
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "b.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="model.encoder names './encoder'.*does not exist"):
+        check_input_files(config, tmp_path)
+    (tmp_path / "encoder").write_text("")
+    with pytest.raises(ConfigError, match="model.encoder names './encoder'.*not a directory"):
+        check_input_files(config, tmp_path)
+    (tmp_path / "encoder").unlink()
+    (tmp_path / "encoder").mkdir()
+    check_input_files(config, tmp_path)
+    dataset["model"]["encoder"] = "EleutherAI/gpt-neo-125M"  # a hub name is no local input
+    check_input_files(config, tmp_path)
+
+    dataset["source"] = {"hub": {"id": "a/b", "local_path": str(tmp_path / "copy")}}
+    with pytest.raises(ConfigError, match="source.hub.local_path names '/"):
+        load_config(config, {}, SCHEMA_PATH, root=tmp_path)
+    (tmp_path / "copy").mkdir()
+    load_config(config, {}, SCHEMA_PATH, root=tmp_path)
+    load_config(config, {}, SCHEMA_PATH)  # no working directory given: not checked

@@ -34,8 +34,10 @@ def test_train_flags_leave_out_what_does_not_change_the_model() -> None:
     flags = train_flags("baseline", MODEL, train, "offline", SS, IP)
     assert flags == (
         "--method baseline --model-preset tiny --encoder offline --prediction-type epsilon"
-        " --epochs 3 --compile --resume auto"
+        " --compile --epochs 3 --resume auto"  # train keys sorted: their order means nothing
     )
+    reordered = dict(reversed(list(train.items())))
+    assert train_flags("baseline", MODEL, reordered, "offline", SS, IP) == flags
     assert train_runtime_settings(train) == {"checkpoint_every": 5, "num_workers": 2}
 
 

@@ -67,7 +67,7 @@ def test_paper_plan_fetches_each_hub_encoder_once_and_trains_from_the_copy() -> 
     assert "--encoder results/encoders/EleutherAI--gpt-neo-125M" in plan["math"].import_flags()
     # sampling flags leave out the batch size (a resource: the images do not depend on it)
     assert "--batch-size" not in plan["math"].sample_flags("ddpm1000")
-    assert plan.hub_datasets == ["math", "tables", "music", "molecules"]
+    assert plan.hub_datasets == ["math", "molecules", "music", "tables"]  # by name
     assert plan.render_datasets == [] and plan.released_datasets == []
 
 
@@ -270,7 +270,7 @@ def test_labels_and_titles_of_a_partly_released_dataset() -> None:
     assert plan.paired_labels() == [
         "math/ddpm1000 (released baseline)",
         "math/dpmsolver50 (released baseline)",
-        *(f"{d}/{s} (released models)" for d in ("tables", "music", "molecules")
+        *(f"{d}/{s} (released models)" for d in ("molecules", "music", "tables")
           for s in ("ddpm1000", "dpmsolver50")),
     ]  # fmt: skip
 

@@ -10,7 +10,9 @@ the page; the model still draws it.
 
 The page binds to 127.0.0.1 unless told otherwise, makes no network requests of its own
 (Gradio's analytics are off, nothing is shared, the theme uses the system's fonts) and draws one
-request at a time (a CPU is busy with one), showing its progress. The comparison itself
+request at a time (a CPU is busy with one), showing its progress. It has no upload component,
+so Gradio's routes that store a visitor's file are closed (:class:`RefuseUploads`), and its
+working directory is removed when it stops, on SIGTERM as on Ctrl-C. The comparison itself
 (:class:`Demo`) does not need Gradio, which is imported only to build the page.
 """
 
@@ -23,9 +25,11 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -405,6 +409,52 @@ def build_app(demo: Demo) -> Any:
     return app
 
 
+# Gradio's routes that store a file sent by a visitor (then served back by /gradio_api/file=)
+UPLOAD_ROUTES = frozenset({"upload", "process_recording"})
+
+
+class RefuseUploads:
+    """ASGI middleware answering 404 to Gradio's upload routes: the page has no upload
+    component, so any upload is a stranger storing files on this machine."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and is_upload_route(scope.get("path", "")):
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})  # fmt: skip
+            await send({"type": "http.response.body", "body": b"this demo takes no uploads"})
+            return
+        await self.app(scope, receive, send)
+
+
+def is_upload_route(path: str) -> bool:
+    """Whether ``path`` is one of Gradio's upload routes (under any prefix, with or without
+    a trailing slash); never a ``file=`` path, whatever the name of the file."""
+    if "/file=" in path:
+        return False
+    return path.rstrip("/").rsplit("/", 1)[-1] in UPLOAD_ROUTES
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM stop the demo as Ctrl-C does (Gradio closes its server, the work directory
+    is removed) instead of ending the process with its files left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def serve(
     model_dir: str | os.PathLike[str],
     *,
@@ -413,33 +463,44 @@ def serve(
     domain: str | None = None,
     device: str = "auto",
 ) -> None:
-    """Load the model and serve the page until interrupted."""
+    """Load the model and serve the page until interrupted (Ctrl-C or SIGTERM); the work
+    directory goes either way."""
     gr = import_gradio()  # first, so that a missing Gradio is said before the model loads
     workdir = Path(tempfile.mkdtemp(prefix="markup2im-demo-"))
-    try:
-        demo = Demo.load(model_dir, workdir, domain=domain, device=device)
-        app = build_app(demo)
-        # system fonts: the default theme would fetch its fonts from the web
-        theme = gr.themes.Default(
-            font=["ui-sans-serif", "system-ui", "sans-serif"],
-            font_mono=["ui-monospace", "monospace"],
-        )
-        logger.info("starting the demo of %s on http://%s:%d", model_dir, host, port)
+    with sigterm_as_interrupt():
         try:
-            app.launch(
-                server_name=host,
-                server_port=port,
-                share=False,
-                inbrowser=False,
-                show_error=False,
-                allowed_paths=[str(workdir)],
-                theme=theme,
-                css=CSS,
-            )
-        except OSError as exc:
-            raise ConfigError(f"cannot serve the demo on {host}:{port}: {exc}") from exc
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            demo = Demo.load(model_dir, workdir, domain=domain, device=device)
+            logger.info("starting the demo of %s on http://%s:%d", model_dir, host, port)
+            launch(gr, build_app(demo), host, port, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def launch(gr: Any, app: Any, host: str, port: int, workdir: Path) -> None:
+    """Serve the page ``app`` until interrupted: local fonts, no sharing, no uploads."""
+    from starlette.middleware import Middleware  # installed with Gradio
+
+    # system fonts: the default theme would fetch its fonts from the web
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"],
+        font_mono=["ui-monospace", "monospace"],
+    )
+    try:
+        app.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            show_error=False,
+            allowed_paths=[str(workdir)],
+            # no upload routes; and should one be reached, it takes no file of any size
+            app_kwargs={"middleware": [Middleware(RefuseUploads)]},
+            max_file_size=0,
+            theme=theme,
+            css=CSS,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot serve the demo on {host}:{port}: {exc}") from exc
 
 
 CSS = """

@@ -20,7 +20,13 @@ from pathlib import Path
 from PIL import Image
 
 from markup2im.atomic import save_image, write_text
-from markup2im.data.markup_files import MarkupFile, read_markup_file
+from markup2im.data.markup_files import (
+    MarkupFile,
+    read_markup_file,
+    replaced_note,
+    unwritable,
+    writable,
+)
 from markup2im.data.render import assign_filenames
 from markup2im.eps_scaling import EpsScale, EpsScaleLike, parse_eps_scale
 from markup2im.errors import DataError
@@ -95,6 +101,9 @@ def draw_one(
     scaling = parse_eps_scale(eps_scale)  # before the model loads
     if not markup.strip():
         raise DataError("the markup to draw is empty")
+    problem = unwritable(markup)  # bytes of the command line that are not UTF-8 come as surrogates
+    if problem:
+        raise DataError(f"the markup to draw holds a {problem}; give it as UTF-8 text")
     for path, suffix in ((output, ".png"), (gif, ".gif")):
         if path is not None and Path(path).suffix.lower() != suffix:
             raise DataError(f"{path}: give a file name that ends in {suffix}")
@@ -249,14 +258,21 @@ def _write_drawn(
 
 
 def manifest_csv(source: MarkupFile, names: Sequence[str], cut: Sequence[int], seed: int) -> str:
-    """manifest.csv: every markup of the file with its line, file, seed, cut tokens, error."""
+    """manifest.csv: every markup of the file with its line, file, seed, cut tokens, error.
+
+    Text a manifest cannot hold (a lone surrogate, NUL) is shown as U+FFFD and the row's error
+    says so."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
     for i, markup in enumerate(source.markups):
-        error = source.errors.get(i, "")
+        failed = source.errors.get(i, "")
+        error, in_error = writable(failed)
+        markup, in_markup = writable(markup)
+        if in_markup + in_error:
+            error = "; ".join(filter(None, [error, replaced_note(in_markup + in_error)]))
         writer.writerow(
-            [i, source.lines[i], "" if error else names[i], seed + i, cut[i], error, markup]
+            [i, source.lines[i], "" if failed else names[i], seed + i, cut[i], error, markup]
         )
     return buffer.getvalue()
 

@@ -29,6 +29,7 @@ from PIL import Image
 
 from markup2im.atomic import atomic_path, write_json
 from markup2im.errors import DataError
+from markup2im.images import open_image
 from markup2im.metric_kernels import InkColumns, dtw_ink, kernel_array, ssim_mse
 
 log = logging.getLogger(__name__)
@@ -165,9 +166,10 @@ def warm_up() -> None:
 
 
 def load_gray(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file as 8-bit grayscale (``convert("L")``); DataError naming it if unreadable."""
+    """Read an image file as 8-bit grayscale (``convert("L")``); DataError naming it if unreadable
+    or too large (:func:`markup2im.images.open_image`)."""
     try:
-        with Image.open(path) as image:
+        with open_image(path, str(path)) as image:
             return np.asarray(image.convert("L"), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from exc

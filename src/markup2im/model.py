@@ -206,12 +206,7 @@ class Markup2ImModel(nn.Module):
         """Load a directory written by :meth:`save_pretrained` (on CPU unless ``device``)."""
         directory = Path(directory)
         check_model_dir(directory)
-        record = json.loads((directory / MODEL_RECORD).read_text(encoding="utf-8"))
-        version = record.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ModelError(
-                f"{directory / MODEL_RECORD}: format_version {version!r}, expected {FORMAT_VERSION}"
-            )
+        record = read_model_record(directory)
         try:
             denoiser = MarkupUNet.from_pretrained(directory / DENOISER_DIR, low_cpu_mem_usage=False)
         except (OSError, ValueError, KeyError) as exc:
@@ -235,6 +230,49 @@ class Markup2ImModel(nn.Module):
         if device is not None:
             model.to(device)
         return model
+
+
+RECORD_INTEGERS = ("height", "width", "channels", "max_markup_length")
+RECORD_STRINGS = ("model_preset",)
+RECORD_FIX = (
+    "; Markup2ImModel.save_pretrained (markup2im train, import-original) writes this file: "
+    "restore it from a copy or save the model again"
+)
+
+
+def read_model_record(directory: Path) -> dict:
+    """The checked content of ``directory/markup2im_model.json``: a ModelError that names the file
+    and what is wrong with it, rather than a traceback from deep inside the loading."""
+    path = directory / MODEL_RECORD
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{path}: not UTF-8 ({exc}){RECORD_FIX}") from exc
+    except ValueError as exc:
+        raise ModelError(f"{path}: not JSON ({exc}){RECORD_FIX}") from exc
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot be read ({exc})") from exc
+    if not isinstance(record, dict):
+        raise ModelError(f"{path}: not a JSON object{RECORD_FIX}")
+    version = record.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
+    missing = [key for key in (*RECORD_INTEGERS, *RECORD_STRINGS) if key not in record]
+    if missing:
+        raise ModelError(f"{path}: lacks {', '.join(missing)}{RECORD_FIX}")
+    for key in RECORD_INTEGERS:
+        try:
+            number = int(record[key])
+        except (TypeError, ValueError):
+            number = 0
+        if number <= 0:
+            raise ModelError(
+                f"{path}: {key} must be a positive integer, got {record[key]!r}{RECORD_FIX}"
+            )
+    for key in RECORD_STRINGS:
+        if not isinstance(record[key], str):
+            raise ModelError(f"{path}: {key} must be a string, got {record[key]!r}{RECORD_FIX}")
+    return record
 
 
 def check_model_dir(directory: Path) -> None:

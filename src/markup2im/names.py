@@ -48,6 +48,8 @@ PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 
 DOMAINS: tuple[str, ...] = tuple(DOMAIN_SPECS)
 
+MAX_CANVAS_SIDE = 4096  # pixels: a larger canvas is a typo that would cost minutes and gigabytes
+
 OFFLINE_ENCODER = "offline"  # the encoder built from a config, with no download
 
 # the columns of a training run's train_log.csv, one row per optimizer step

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from markup2im.cli.paths import output_dir
-from markup2im.cli.render import add_render_options
+from markup2im.cli.render import add_limit_options, add_render_options, limits
 from markup2im.names import DOMAINS
 
 
@@ -45,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sizes.add_argument(f"--{split}", type=int, default=None, help=f"{split} examples")
     parser.add_argument("--seed", type=int, default=0, help="generator / shuffle seed (default 0)")
     add_render_options(parser)
+    add_limit_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         width=args.width,
         height=args.height,
+        limits=limits(args),
     )
     splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
     print(

@@ -27,6 +27,7 @@ from markup2im.atomic import atomic_dir, write_json
 from markup2im.data import synth
 from markup2im.data.markup_files import read_markup_file
 from markup2im.data.render import DEFAULT_TIMEOUT, RenderedItem, assign_filenames, iter_render
+from markup2im.data.render.process import Limits
 from markup2im.errors import ConfigError, DataError, RenderError
 from markup2im.presets import DOMAINS, MARKUP_COLUMNS, DomainSpec, get_domain
 
@@ -382,6 +383,7 @@ def _render_until(
     workers: int | None,
     timeout: float | None,
     progress: bool,
+    limits: Limits | None = None,
 ) -> _Renders:
     """Render markups from ``source`` until ``sizes`` rows rendered (all of them when None)."""
     renders = _Renders()
@@ -417,6 +419,7 @@ def _render_until(
             timeout=timeout or DEFAULT_TIMEOUT,
             skip=skip,
             progress=progress,
+            limits=limits,
         ):
             outcomes[first + item.index] = item
         if needed is None:
@@ -561,6 +564,7 @@ def build_dataset(
     width: int | None = None,
     height: int | None = None,
     progress: bool = True,
+    limits: Limits | None = None,
 ) -> dict[str, Any]:
     """Render a dataset from a markup file or the domain's seeded generator, and save it.
 
@@ -573,7 +577,8 @@ def build_dataset(
     (sizes, or too few rendered rows) is a ConfigError or DataError: a dataset directory with
     an empty split cannot be loaded. Writes the dataset, ``markup2im.json`` and
     ``build_summary.json`` (requested, rendered, failed with reasons, duplicates removed, shrunk
-    counts, per split); returns the summary.
+    counts, per split); returns the summary. ``limits`` bound each renderer process's memory and
+    disk (default: :class:`markup2im.data.render.process.Limits`' defaults).
     """
     spec = get_domain(domain)
     if (markup_file is None) == (not synthetic):
@@ -597,6 +602,7 @@ def build_dataset(
         workers=workers,
         timeout=timeout,
         progress=progress,
+        limits=limits,
     )
     sizes, used, assignment = _assign_splits(renders, requested, source.name)
     dataset = _to_dataset(spec, renders, assignment)

@@ -17,6 +17,7 @@ the later ones are renamed ``diverged-checkpoint-<step>``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import torch
 from safetensors.torch import load_file
 
 from markup2im.atomic import write_json
-from markup2im.errors import ConfigError
+from markup2im.errors import ConfigError, Markup2ImError
 from markup2im.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ DDP_PREFIX = "module."
 
 class CheckpointDamaged(Exception):
     """A checkpoint directory whose record or state cannot be read."""
+
+
+class CheckpointSaveError(Markup2ImError):
+    """A checkpoint could not be written (a full disk, mostly); nothing half-written is left."""
 
 
 class TrainerState:
@@ -244,17 +249,45 @@ class Checkpoints:
         if self.main and tmp.exists():
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(tmp))  # every process: its RNG file; the main one the rest
+        try:
+            self.accelerator.save_state(str(tmp))  # every process: its RNG file; main the rest
+        except OSError as exc:
+            raise self._save_failed(step, tmp, exc) from exc
         self.accelerator.wait_for_everyone()
         if self.main:
-            write_json(tmp / STATE_FILE, record)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            try:
+                write_json(tmp / STATE_FILE, record)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise self._save_failed(step, tmp, exc) from exc
             self.prune()
             logger.info("saved checkpoint %s", final)
         self.accelerator.wait_for_everyone()
         return final
+
+    def _save_failed(self, step: int, tmp: Path, exc: OSError) -> CheckpointSaveError:
+        """Remove the half-written ``tmp`` and say what failed and what to do. (Another process
+        of a multi-process run stops when the launcher sees this one exit.)"""
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
+        why = full.get(exc.errno or 0, "it could not be written")
+        todo = (
+            "free space on that disk (or lower --checkpoints-total-limit, or give an "
+            "--output-dir on a disk with room)"
+            if exc.errno in full
+            else "fix that"
+        )
+        kept = self.list()
+        newest = (
+            f"the newest complete one, {kept[-1][1].name}, is kept" if kept else "none came before"
+        )
+        return CheckpointSaveError(
+            f"cannot save checkpoint-{step} in {self.directory}: {why} ({exc}); no half-written "
+            f"checkpoint is left ({newest}). To go on, {todo}, then rerun with --resume latest "
+            "(the workflow's --resume auto does so) to continue from the newest checkpoint"
+        )
 
     def prune(self) -> None:
         """Remove all but the newest ``limit`` checkpoints; when none of those is sane, the

@@ -12,6 +12,7 @@ Output directory::
                                        written every ``log_every`` steps)
     O/model/                           the final Markup2ImModel.save_pretrained layout
     O/snapshots/step-<N>/              the model every --snapshot-every steps (when asked)
+    O/.markup2im_train.lock            while a run trains here (:mod:`markup2im.training.lock`)
 
 Unlike the original, the learning rate is a float, only the main process writes files and every
 data-loader worker seeds numpy. The original stepped its (accelerate-prepared) lr scheduler once
@@ -79,6 +80,7 @@ from markup2im.training.data import (
     derive_seed,
     seed_worker,
 )
+from markup2im.training.lock import TrainingLock, is_main_process
 from markup2im.training.log import SANE_LOSS_FACTOR, StepRecord, TrainingLog, rewrite_log
 from markup2im.training.methods import build_method
 from markup2im.training.step import (
@@ -101,15 +103,18 @@ def train(config: TrainConfig) -> TrainResult:
     """Train a Markup2ImModel on ``config.dataset_dir`` and save it to ``output_dir/model``.
 
     Raises TrainingInterrupted after saving a checkpoint when SIGTERM/SIGUSR1/SIGINT arrives or
-    the deadline passes, and TrainingDivergedError (naming the last sane checkpoint, or saying
-    that none is) when the loss becomes non-finite.
+    the deadline passes, TrainingDivergedError (naming the last sane checkpoint, or saying
+    that none is) when the loss becomes non-finite, and TrainingLockedError when another
+    training holds ``output_dir`` (the main process holds its lock for the whole run).
     """
-    trainer = Trainer(config)
-    if trainer.resumed.restart:
-        # failed loads may have changed the model or optimizer: build everything again (the
-        # checkpoints are set aside now, so the new trainer starts from scratch)
+    config.validate()  # before the lock creates the output directory
+    with TrainingLock(config.output_dir, active=is_main_process()):
         trainer = Trainer(config)
-    return trainer.train()
+        if trainer.resumed.restart:
+            # failed loads may have changed the model or optimizer: build everything again (the
+            # checkpoints are set aside now, so the new trainer starts from scratch)
+            trainer = Trainer(config)
+        return trainer.train()
 
 
 def default_encoder(info: DatasetInfo) -> str:

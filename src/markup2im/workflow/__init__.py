@@ -4,11 +4,14 @@
 :class:`~markup2im.workflow.plan.Plan` and keeps only thin, named input functions:
 
 - :mod:`~markup2im.workflow.config`: the schema (with the registered names of
-  :mod:`markup2im.names`), ``--config`` values re-typed, validation, cross-field checks
+  :mod:`markup2im.names`), ``--config`` values re-typed, validation, cross-field checks, the
+  input files the config names
 - :mod:`~markup2im.workflow.paths`: the path templates of every rule's outputs, logs, benchmarks
 - :mod:`~markup2im.workflow.flags`: config settings as ``markup2im ...`` command-line flags
 - :mod:`~markup2im.workflow.encoders`: the hub encoders saved locally before training
 - :mod:`~markup2im.workflow.plan`: a plan per dataset and the targets of ``rule all``
+- :mod:`~markup2im.workflow.cleanup`: the checkpoints of finished trainings, removed when a
+  Snakemake run succeeds
 
 Settings that do not change a job's outputs (generation batch size, checkpoint interval and
 count, the margin before a Slurm time limit) are handed to the rules as *resources*, which

@@ -22,20 +22,24 @@ from markup2im.errors import ConfigError
 from markup2im.names import (
     DOMAINS,
     INPUT_PERTURBATION_GAMMA,
+    MAX_CANVAS_SIDE,
     METHODS,
+    OFFLINE_ENCODER,
     PAPER_METHODS,
     PRECISIONS,
     SAMPLERS,
 )
 from markup2im.training.config import TrainConfig
+from markup2im.workflow.encoders import is_local_encoder
 
 # What ``{from_names: NAME}`` in the schema stands for.
-REGISTERED_NAMES: dict[str, tuple[str, ...]] = {
+REGISTERED_NAMES: dict[str, tuple[str, ...] | int] = {
     "METHODS": tuple(METHODS),
     "PAPER_METHODS": PAPER_METHODS,
     "SAMPLERS": SAMPLERS,
     "DOMAINS": DOMAINS,
     "PRECISIONS": PRECISIONS,
+    "MAX_CANVAS_SIDE": MAX_CANVAS_SIDE,
 }
 NAMES_MARKER = "from_names"
 
@@ -64,11 +68,13 @@ def fill_train_defaults(schema: dict) -> dict:
 
 
 def fill_names(node: Any) -> Any:
-    """``node`` with every ``{from_names: NAME}`` replaced by the list of registered names."""
+    """``node`` with every ``{from_names: NAME}`` replaced by the registered names (a list) or
+    the registered number."""
     if isinstance(node, dict):
         if set(node) == {NAMES_MARKER}:
             try:
-                return list(REGISTERED_NAMES[node[NAMES_MARKER]])
+                value = REGISTERED_NAMES[node[NAMES_MARKER]]
+                return list(value) if isinstance(value, tuple) else value
             except KeyError:
                 known = ", ".join(REGISTERED_NAMES)
                 raise ConfigError(
@@ -223,11 +229,57 @@ def check_eps_scales(samplers: Mapping[str, dict]) -> None:
                 raise ConfigError(f"config: {exc}") from None
 
 
-def load_config(cfg: dict, overrides: Mapping, schema_path: str | Path) -> dict:
+def input_paths(cfg: dict) -> Iterator[tuple[str, str, str]]:
+    """(key, path, kind) of every local input that the validated config names; kind is
+    ``file``, ``dir`` or ``any`` (a hub copy may be a snapshot directory or a file)."""
+    for name, ds in cfg["datasets"].items():
+        where = f"datasets.{name}"
+        render, hub = ds["source"].get("render", {}), ds["source"].get("hub", {})
+        if "markup_file" in render:
+            yield f"{where}.source.render.markup_file", render["markup_file"], "file"
+        if hub.get("local_path"):
+            yield f"{where}.source.hub.local_path", hub["local_path"], "any"
+        for method, entry in ds.get("released", {}).items():
+            yield f"{where}.released.{method}.checkpoint", entry["checkpoint"], "file"
+        encoder = ds.get("model", {}).get("encoder")
+        if encoder and encoder != OFFLINE_ENCODER and is_local_encoder(encoder):
+            yield f"{where}.model.encoder", encoder, "dir"
+
+
+def check_input_files(cfg: dict, root: str | Path) -> None:
+    """Every local input that the config names exists (relative paths from ``root``, the
+    working directory); ConfigError naming the key and the path otherwise.
+
+    Checked before any job because a missing input of a job whose output exists from an
+    earlier run is not an error to Snakemake: it would reuse the old output silently.
+    """
+    for key, value, kind in input_paths(cfg):
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else Path(root) / path
+        problem = None
+        if not path.exists():
+            problem = "which does not exist"
+        elif kind == "file" and not path.is_file():
+            problem = "which is not a regular file"
+        elif kind == "dir" and not path.is_dir():
+            problem = "which is not a directory"
+        if problem is not None:
+            raise ConfigError(
+                f"config: {key} names {value!r} ({path}), {problem} (relative paths are read "
+                f"from the working directory, {Path(root).resolve()})"
+            )
+
+
+def load_config(
+    cfg: dict, overrides: Mapping, schema_path: str | Path, root: str | Path | None = None
+) -> dict:
     """The workflow's config, checked and completed in place: ``--config`` values re-typed,
-    validated against the schema with its defaults filled in, cross-field checks passed."""
+    validated against the schema with its defaults filled in, cross-field checks passed and,
+    given the working directory ``root``, its input files found."""
     schema = load_schema(schema_path)
     retype_overrides(cfg, overrides, schema)
     validate_config(cfg, schema)
     check_config(cfg)
+    if root is not None:
+        check_input_files(cfg, root)
     return cfg

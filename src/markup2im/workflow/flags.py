@@ -2,7 +2,9 @@
 
 Each function takes the validated config sections it needs (defaults filled in) and returns
 shell-quoted flags. Settings that decide a job's outputs become flags that the rules pass as
-*params* (rerun triggers); settings that do not (:data:`TRAIN_RUNTIME_KEYS`) are left out.
+*params* (rerun triggers); settings that do not (:data:`TRAIN_RUNTIME_KEYS`) are left out. The
+flags are in an order of their own (fixed, or sorted), never in that of the config's keys, so
+that reordering a config reruns nothing.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def hub_flags(hub: Mapping[str, Any]) -> str:
 
 def render_flags(domain: str, render: Mapping[str, Any]) -> str:
     """Flags of `markup2im build-dataset` for a dataset's ``source.render``."""
-    keys = ("train", "validation", "test", "seed", "timeout", "width", "height")
+    keys = ("train", "validation", "test", "seed", "timeout", "width", "height", "memory_limit",
+            "disk_limit")  # fmt: skip
     return cli_flags(
         {
             "domain": domain,
@@ -92,7 +95,8 @@ def train_flags(
         "max_markup_length": model["max_markup_length"],
         "prediction_type": model["prediction_type"],
         "train_encoder": model["train_encoder"],
-        **{k: v for k, v in train.items() if k not in TRAIN_RUNTIME_KEYS},
+        # sorted: the order of the config's keys must not change the flags (a rerun trigger)
+        **{k: v for k, v in sorted(train.items()) if k not in TRAIN_RUNTIME_KEYS},
         # other settings or data: set the old checkpoints aside and train from scratch
         "resume": "auto",
     }

@@ -20,6 +20,7 @@ from markup2im.figures.images import upscale_factor
 from markup2im.names import BASELINE, METHODS, frames_every
 from markup2im.presets import get_domain
 from markup2im.workflow import flags, paths
+from markup2im.workflow.cleanup import Training
 from markup2im.workflow.encoders import HubEncoder, is_local_encoder
 from markup2im.workflow.paths import PAPER_TREATMENT
 
@@ -47,8 +48,11 @@ class DatasetPlan:
     # -- what runs -----------------------------------------------------------------------------
     @property
     def samplers(self) -> list[str]:
-        """Sampler names run for the dataset (its own list, or every configured sampler)."""
-        return list(self.settings.get("samplers", self.config["samplers"]))
+        """Sampler names run for the dataset: its own list in its order, or every configured
+        sampler by name (the order of a mapping's keys means nothing)."""
+        if "samplers" in self.settings:
+            return list(self.settings["samplers"])
+        return sorted(self.config["samplers"])
 
     def runs(self) -> list[tuple[str, str, str]]:
         """Every (dataset, method, sampler) of the dataset."""
@@ -90,6 +94,16 @@ class DatasetPlan:
             raise ConfigError(
                 f"config: datasets.{self.name}.released has no {method!r} entry"
             ) from None
+
+    def trainings(self) -> list[Training]:
+        """The training jobs of the dataset: run directory and outputs of each."""
+        return [
+            Training(
+                paths.fill(paths.RUN_DIR, dataset=self.name, method=m),
+                (self.model_path(m), paths.fill(paths.TRAIN_LOG, dataset=self.name, method=m)),
+            )
+            for m in self.trained_methods()
+        ]
 
     def train_logs(self) -> list[str]:
         """The training logs of the methods trained here."""
@@ -263,7 +277,9 @@ class Plan(Mapping[str, DatasetPlan]):
         """``config`` validated and checked (:func:`markup2im.workflow.config.load_config`)."""
         self.config = config
         self.methods: list[str] = list(config["methods"])
-        self._datasets = {name: DatasetPlan(name, config) for name in config["datasets"]}
+        # by name: the tables list the datasets in an order that the config's key order
+        # does not change (it would change their jobs' params)
+        self._datasets = {name: DatasetPlan(name, config) for name in sorted(config["datasets"])}
         # The paired comparison (method - baseline per image) of every other method, when the
         # baseline runs.
         self.treatments: list[str] = (
@@ -299,6 +315,10 @@ class Plan(Mapping[str, DatasetPlan]):
     def released_datasets(self) -> list[str]:
         """Datasets with an imported model (rule import_original)."""
         return [d for d, plan in self.items() if plan.released]
+
+    def trainings(self) -> list[Training]:
+        """Every training job of the config (run directory and outputs)."""
+        return [t for plan in self.values() for t in plan.trainings()]
 
     def hub_encoders(self) -> dict[str, HubEncoder]:
         """{slug: encoder} of every hub encoder of the config (rule fetch_encoder)."""

@@ -33,10 +33,12 @@ from pathlib import Path
 from types import ModuleType
 
 from markup2im.atomic import atomic_path, write_text
+from markup2im.data.markup_files import replaced_note, writable
 from markup2im.data.render.base import BatchContext
 from markup2im.data.render.canvas import BlankImageError, TooSmallError, fit_to_canvas, png_bytes
-from markup2im.data.render.process import check_sandbox, stop_on_signal
+from markup2im.data.render.process import Limits, check_sandbox, stop_on_signal
 from markup2im.errors import RenderError
+from markup2im.names import MAX_CANVAS_SIDE
 from markup2im.presets import DomainSpec, get_domain
 
 logger = logging.getLogger(__name__)
@@ -113,12 +115,13 @@ def _render_chunk(
     height: int,
     timeout: float,
     cancel: threading.Event,
+    limits: Limits,
 ) -> list[tuple[bool, str, bool, bytes | None]]:
     """Render one batch and fit each image: (ok, error, shrunk, png) per markup."""
     try:
         with tempfile.TemporaryDirectory(prefix="markup2im-render-") as tmp:
             raws = module.render_batch(
-                markups, BatchContext(Path(tmp), timeout, width, height, cancel)
+                markups, BatchContext(Path(tmp), timeout, width, height, cancel, limits)
             )
     except Exception as exc:  # an unexpected failure spoils this batch only
         logger.exception("renderer %s failed on a batch of %d", spec.renderer, len(markups))
@@ -151,19 +154,24 @@ def iter_render(
     filenames: Sequence[str] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    limits: Limits | None = None,
 ) -> Iterator[RenderedItem]:
     """Render ``markups`` in parallel, yielding each row's outcome as its batch finishes.
 
     ``skip`` maps row indices to an error already known (for instance an unreadable line): those
     rows are not rendered and are reported as failed with that error. ``batch_size`` overrides
-    the renderer's number of items per renderer call (1 = one process per item).
+    the renderer's number of items per worker (1 = one process per item). ``limits`` bounds the
+    memory and disk of each renderer process (default ``Limits()``).
     """
     from tqdm.auto import tqdm
 
     spec = domain if isinstance(domain, DomainSpec) else get_domain(domain)
     width, height = width or spec.width, height or spec.height
-    if width <= 0 or height <= 0:
-        raise RenderError(f"canvas size must be positive, got {width}x{height}")
+    if not (0 < width <= MAX_CANVAS_SIDE and 0 < height <= MAX_CANVAS_SIDE):
+        raise RenderError(
+            f"canvas size must be 1..{MAX_CANVAS_SIDE} pixels a side, got {width}x{height}"
+        )
+    limits = limits or Limits()
     if timeout <= 0:
         raise RenderError(f"timeout must be positive, got {timeout}")
     workers = workers or default_workers()
@@ -206,6 +214,7 @@ def iter_render(
                     height,
                     timeout,
                     cancel,
+                    limits,
                 ): chunk
                 for chunk in chunks
             }
@@ -251,19 +260,26 @@ class RenderSummary:
 
 
 def manifest_csv(rows: Sequence[RenderedItem], lines: Sequence[int] | None = None) -> str:
-    """The manifest table (one row per input, in input order) as CSV text."""
+    """The manifest table (one row per input, in input order) as CSV text.
+
+    Text a manifest cannot hold (a lone surrogate, NUL) is shown as U+FFFD and the row's error
+    says so, so that one row never stops the manifest of the others."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
     for item in sorted(rows, key=lambda r: r.index):
         line = lines[item.index] if lines is not None else ""
+        markup, in_markup = writable(item.markup)
+        error, in_error = writable(item.error)
+        if in_markup + in_error:
+            error = "; ".join(filter(None, [error, replaced_note(in_markup + in_error)]))
         writer.writerow(
             [
                 item.index,
                 item.filename,
                 "true" if item.ok else "false",
-                item.error,
-                item.markup,
+                error,
+                markup,
                 "true" if item.shrunk else "false",
                 line,
             ]
@@ -272,7 +288,9 @@ def manifest_csv(rows: Sequence[RenderedItem], lines: Sequence[int] | None = Non
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """Rows of a ``manifest.csv`` as dictionaries of strings."""
+    """Rows of a ``manifest.csv`` as dictionaries of strings; markup of any length."""
+    # csv refuses fields over 128 KB by default; no field is longer than the file
+    csv.field_size_limit(max(csv.field_size_limit(), os.path.getsize(path) + 1))
     with open(path, encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
 
@@ -287,6 +305,7 @@ def render_markup_file(
     workers: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     progress: bool = True,
+    limits: Limits | None = None,
 ) -> RenderSummary:
     """Render every markup of a ``.txt`` / ``.jsonl`` file into ``output_dir``.
 
@@ -309,6 +328,7 @@ def render_markup_file(
         timeout=timeout,
         skip=source.errors,
         progress=progress,
+        limits=limits,
     ):
         if item.ok and item.png is not None:
             with atomic_path(out / item.filename) as tmp:

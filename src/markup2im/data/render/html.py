@@ -1,11 +1,14 @@
-"""HTML (tables): ``wkhtmltoimage``, one call per item, the font pinned in CSS.
+"""HTML (tables): ``wkhtmltoimage``, one call per item in a work directory of its own, the font
+pinned in CSS.
 
 The markup is placed in a page whose style sheet fixes the font (DejaVu Sans, from Debian's
 fonts-dejavu-core), its size, black text and white margins, so that the image depends on the
 markup only and not on the machine's default fonts. A complete document (with ``<html>``) gets the
 same style sheet first, and its own styles still apply after it. JavaScript is off: pages are
 static and cannot loop. Remote images and style sheets are never fetched: the renderer's sandbox
-has no network (``file://`` is refused by wkhtmltoimage itself).
+has no network (``file://`` is refused by wkhtmltoimage itself), and a relative link reaches
+nothing but the item's own page: each item runs in a directory of its own, the only one its
+sandbox shows.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from markup2im.data.render.base import (
     BatchContext,
     Raw,
     clip,
+    crash_note,
     open_image,
     require_programs,
+    run_dir,
     timeout_error,
 )
 from markup2im.data.render.process import renderer_env, run_watched
@@ -63,13 +68,13 @@ def _error(output: str, returncode: int | None) -> str:
 def render_batch(markups: list[str], ctx: BatchContext) -> list[Raw]:
     """Render each HTML markup with its own ``wkhtmltoimage`` call."""
     raws = []
-    env = renderer_env(ctx.workdir)
     for n, markup in enumerate(markups):
         if ctx.cancel.is_set():
             raws.append(Raw(error="cancelled"))
             continue
-        source = ctx.workdir / f"item{n}.html"
-        target = ctx.workdir / f"item{n}.png"
+        directory = run_dir(ctx, f"item{n}")
+        source = directory / "page.html"
+        target = directory / "page.png"
         source.write_text(page(markup), encoding="utf-8", errors="replace")
         outcome = run_watched(
             [
@@ -87,18 +92,23 @@ def render_batch(markups: list[str], ctx: BatchContext) -> list[Raw]:
                 source.name,
                 target.name,
             ],
-            cwd=ctx.workdir,
-            workdir=ctx.workdir,
+            cwd=directory,
+            workdir=directory,
             timeout=ctx.timeout,
-            env=env,
+            env=renderer_env(directory),
             cancel=ctx.cancel,
+            limits=ctx.limits,
         )
-        if outcome.timed_out:
+        if outcome.limit:
+            raws.append(Raw(error=outcome.limit))
+        elif outcome.timed_out:
             raws.append(Raw(error=timeout_error(ctx.timeout)))
         elif outcome.cancelled:
             raws.append(Raw(error="cancelled"))
         elif outcome.returncode != 0 or not target.is_file():
-            raws.append(Raw(error=_error(outcome.output, outcome.returncode)))
+            note = crash_note(outcome, ctx.limits)
+            error = _error(outcome.output, outcome.returncode)
+            raws.append(Raw(error=clip(f"{error} {note}".strip())))
         else:
             raws.append(open_image(target, "wkhtmltoimage output"))
     return raws

@@ -1,22 +1,26 @@
-"""LaTeX formulas: ``latex`` then ``dvipng``, many formulas per document.
+"""LaTeX formulas: ``latex`` then ``dvipng``; formulas of known-safe commands share a document.
 
 Template: ``article`` 12pt, ``\\pagestyle{empty}``, amsmath + amssymb, each formula in its own
 ``displaymath`` followed by ``\\clearpage``, so formula i is page i + 1. Starting ``latex`` costs
 about 0.1 s while a formula costs a few milliseconds, hence the batching.
 
-``latex`` runs with ``-halt-on-error``: at the first bad formula it stops, and every page shipped
-before it is a good formula. A marker written before each formula (with the page number it expects)
-tells which formula failed and proves that pages and formulas still line up; the formula that
-failed is tried again alone (so a batch never does worse than one formula per document) and the
-rest of the batch is compiled anew. When the markers do not line up (a formula that ships two pages
-or ends the document) every formula of the batch is compiled alone.
+Formulas of one document share TeX's state, and a list of the commands that can change it
+(``\\global``, box dimensions, counters, ``\\thepage``, ``\\the\\inputlineno``, ...) will always
+miss one. So the rule is the other way round (``can_share``): a formula shares a document only
+when it is made entirely of commands on a known-safe list (``SAFE_COMMANDS``: symbols, letters,
+fonts, accents, fractions, roots, delimiters, spacing, the math environments of
+``MATH_ENVIRONMENTS``; none of them assigns globally, reads the page or line, or touches a file)
+in printable ASCII, with balanced braces and no ``$``, ``#``, ``^^`` or trailing ``\\``. Every
+other formula gets a TeX run (and a work directory) of its own, so it renders as it would alone
+and no other formula can see what it does.
 
-Formulas of one document share TeX's state, so a formula that could change it for the ones after
-it (``\\global\\let\\alpha\\beta``, ``\\gdef``, a counter, a catcode, a dvipng special, leaving
-its display, ...) would change how they render. Such a formula is compiled in a document of its
-own (``needs_own_document``: a list of the TeX and LaTeX commands that can do so, and anything
-that could spell one in disguise), so every formula renders as it would alone. TeX may open only
-files below the run directory and TeX's own trees (kpathsea's ``openin_any=p``,
+``latex`` runs with ``-halt-on-error``: at the first bad formula it stops, and every page shipped
+before it is a good formula. A marker written before each formula (with the page number it
+expects) tells which formula failed and proves that pages and formulas still line up; the
+formula that failed is tried again alone (so a batch never does worse than one formula per
+document) and the rest of the batch is compiled anew. When the markers do not line up (a formula
+that ships two pages or ends the document) every formula of the batch is compiled alone. TeX may
+open only files below the run directory and TeX's own trees (kpathsea's ``openin_any=p``,
 ``openout_any=p``: no absolute paths, no ``..``, no dot files), on top of the sandbox.
 """
 
@@ -33,6 +37,7 @@ from markup2im.data.render.base import (
     clip,
     open_image,
     require_programs,
+    run_dir,
     timeout_error,
 )
 from markup2im.data.render.process import renderer_env, run_watched
@@ -50,32 +55,56 @@ PREAMBLE = r"""\documentclass[12pt]{article}
 """
 _MARK = re.compile(r"<<m2i:(\d+|end):(\d+)>>")
 _PAGE_DONE = re.compile(r"\[\d+\]")
+ENDED_EARLY = (
+    "the formula ended the document early (\\end{document}, \\stop, \\endinput or the like); "
+    "a formula must stay inside its display"
+)
 _PAGES = re.compile(r"Output written on \S+ \((\d+) pages?")
 # kpathsea's settings for both programs: TeX reads and writes only files below its directory and
 # in its own trees ("p"aranoid), and runs no shell commands
 TEX_ENV = {"openin_any": "p", "openout_any": "p", "shell_escape": "f"}
 
-# Commands after which the next formula of the same document might not render as it would alone:
-# global assignments and parameters that are always global, LaTeX commands that assign globally
-# (counters, tags, page styles), definitions, groups and displays a formula could close early,
-# catcodes and constructed names (which could spell any of these), files, terminal output
-# (the markers below are read from it) and specials (dvipng keeps colours across pages).
-STATEFUL_COMMANDS = frozenset(
+# The only commands a formula that shares a document may use: each of them draws, or changes
+# what it draws inside its own group, and none assigns globally, reads global state that other
+# formulas of a document change (page, line, counters, box registers), writes, reads a file or
+# talks to the terminal. A formula with any other command is compiled alone.
+SAFE_COMMANDS = frozenset(
     """
-    global globaldefs gdef xdef def edef let futurelet long outer protected csname
-    fontdimen hyphenchar skewchar hyphenation patterns batchmode nonstopmode scrollmode
-    errorstopmode interactionmode deadcycles insertpenalties pagegoal pagetotal pagestretch
-    pagefilstretch pagefillstretch pagefilllstretch pageshrink pagedepth prevgraf spacefactor
-    prevdepth setbox shipout output mark marks everypar everymath everydisplay everyhbox
-    everyvbox everyjob everycr everyeof aftergroup afterassignment begingroup endgroup bgroup
-    egroup catcode lccode uccode sfcode mathcode delcode endlinechar newlinechar escapechar
-    makeatletter makeatother ExplSyntaxOn ExplSyntaxOff scantokens input include endinput
-    InputIfFileExists IfFileExists openin openout closein closeout read readline write
-    immediate message typeout wlog errmessage special setcounter addtocounter stepcounter
-    refstepcounter newcounter setlength addtolength newlength newtheorem newcommand
-    renewcommand providecommand newenvironment renewenvironment DeclareRobustCommand
-    DeclareMathOperator pagenumbering thispagestyle pagestyle markboth markright tag notag
-    nonumber label displaybreak allowdisplaybreaks enddocument document dump stop
+    alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa varkappa lambda
+    mu nu xi pi varpi rho varrho sigma varsigma tau upsilon phi varphi chi psi omega Gamma Delta
+    Theta Lambda Xi Pi Sigma Upsilon Phi Psi Omega digamma
+    sum prod coprod int iint iiint iiiint oint bigcup bigcap bigsqcup bigvee bigwedge bigodot
+    bigotimes bigoplus biguplus intop smallint
+    sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh coth log ln lg exp lim liminf
+    limsup sup inf max min det dim gcd deg arg ker hom Pr bmod pmod mod pod operatorname
+    le leq ge geq neq ne lt gt approx equiv sim simeq cong propto ll gg prec succ preceq succeq
+    perp parallel mid nmid in notin ni subset subseteq supset supseteq subsetneq supsetneq
+    sqsubset sqsupset sqsubseteq sqsupseteq asymp doteq bowtie models vdash dashv smile frown
+    lesssim gtrsim leqslant geqslant nleq ngeq nless ngtr nsim ncong not
+    to gets leftarrow rightarrow leftrightarrow Leftarrow Rightarrow Leftrightarrow longleftarrow
+    longrightarrow longleftrightarrow Longleftarrow Longrightarrow Longleftrightarrow mapsto
+    longmapsto iff implies impliedby uparrow downarrow updownarrow Uparrow Downarrow
+    Updownarrow nearrow searrow swarrow nwarrow hookleftarrow hookrightarrow leftharpoonup
+    rightharpoonup rightleftharpoons
+    pm mp times div cdot cdotp ast star circ bullet oplus ominus otimes oslash odot wedge vee
+    land lor cap cup setminus sqcap sqcup uplus amalg wr dagger ddagger triangleleft
+    triangleright bigtriangleup bigtriangledown diamond veebar barwedge
+    infty partial nabla forall exists nexists emptyset varnothing neg lnot hbar ell wp Re Im
+    aleph beth imath jmath prime backslash angle triangle square Box Diamond surd top bot
+    flat sharp natural clubsuit diamondsuit heartsuit spadesuit therefore because complement
+    ldots cdots vdots ddots dots dotsc dotsb dotsm dotsi
+    left right middle big Big bigg Bigg bigl bigr Bigl Bigr biggl biggr Biggl Biggr bigm Bigm
+    langle rangle lceil rceil lfloor rfloor lvert rvert lVert rVert vert Vert lbrace rbrace
+    lbrack rbrack
+    frac dfrac tfrac cfrac binom dbinom tbinom sqrt root of over atop choose stackrel overset
+    underset substack
+    hat widehat tilde widetilde bar overline underline vec dot ddot dddot ddddot breve check
+    acute grave mathring overrightarrow overleftarrow overbrace underbrace
+    mathrm mathbf mathit mathsf mathtt mathcal mathbb mathfrak mathnormal boldsymbol text
+    textrm textbf textit textsf texttt textnormal mathop mathbin mathrel mathord mathopen
+    mathclose mathpunct displaystyle textstyle scriptstyle scriptscriptstyle limits nolimits
+    quad qquad enspace thinspace medspace thickspace negthinspace negmedspace negthickspace
+    colon hline mathstrut
     """.split()
 )
 # \begin{...} runs the command of the environment's name: only these math environments share a
@@ -86,9 +115,13 @@ MATH_ENVIRONMENTS = frozenset(
     gathered split subarray
     """.split()
 )
-_DISPLAY_SYMBOLS = frozenset("[]()")  # \[ \] \( \) open and close math
-_CONTROL = re.compile(r"\\([A-Za-z]+|.)", re.DOTALL)
+# control symbols that only draw or space: \{ \} \| \, \; \: \! \  \\ \& \% \# \_ \$
+SAFE_SYMBOLS = frozenset("{}|,;:! \\&%#_$")
+# TeX's tokens as far as sharing cares: control words, control symbols, a comment to the end of
+# its line, and runs of other characters
+_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|\\$|%[^\n]*|[^\\%]+", re.DOTALL)
 _ENVIRONMENT = re.compile(r"\s*\{([^{}]*)\}")
+_PRINTABLE = re.compile(r"[\x20-\x7e\t\n]*")
 
 
 def check_available() -> None:
@@ -100,22 +133,36 @@ def check_available() -> None:
     )
 
 
-def needs_own_document(formula: str) -> bool:
-    """Could ``formula`` change how a later formula of the same document renders?
+def can_share(formula: str) -> bool:
+    """May ``formula`` share a TeX document with others (only known-safe commands)?
 
-    Errs on the side of yes: a formula flagged here is only compiled alone (slower, same image).
+    Errs on the side of no: a formula refused here is only compiled alone (slower, same image).
     """
-    if "^^" in formula:  # ^^xx spells any character, and so any command name
-        return True
-    for match in _CONTROL.finditer(formula):
-        name = match.group(1)
+    if not _PRINTABLE.fullmatch(formula) or "^^" in formula:  # ^^xx spells any character
+        return False
+    tokens = [t for t in _TOKEN.findall(formula) if not t.startswith("%")]  # comments: dropped
+    text = "".join(t for t in tokens if not t.startswith("\\"))
+    if "$" in text or "#" in text or "\\" in tokens or not _balanced(text):
+        return False  # (a lone "\\" is a backslash at the very end)
+    for n, token in enumerate(tokens):
+        name = token[1:]
         if name in ("begin", "end"):
-            env = _ENVIRONMENT.match(formula, match.end())
+            env = _ENVIRONMENT.match("".join(tokens[n + 1 : n + 4]))
             if env is None or env.group(1).strip().rstrip("*") not in MATH_ENVIRONMENTS:
-                return True
-        elif name in STATEFUL_COMMANDS or name in _DISPLAY_SYMBOLS:
-            return True
-    return False
+                return False
+        elif token.startswith("\\") and name not in SAFE_COMMANDS | SAFE_SYMBOLS:
+            return False
+    return True
+
+
+def _balanced(text: str) -> bool:
+    """Do the braces of ``text`` (control symbols removed) close in order?"""
+    depth = 0
+    for char in text:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def document(formulas: list[str]) -> str:
@@ -150,26 +197,29 @@ def _first_error(log: str) -> str:
     return ""
 
 
-def _compile(formulas: list[str], ctx: BatchContext, run_dir: Path) -> _Compiled:
-    run_dir.mkdir()
-    tex = run_dir / "doc.tex"
+def _compile(formulas: list[str], ctx: BatchContext, directory: Path) -> _Compiled:
+    """Run ``latex`` on the document of ``formulas`` in ``directory`` (see the module docstring)."""
+    tex = directory / "doc.tex"
     tex.write_text(document(formulas), encoding="utf-8", errors="replace")
     outcome = run_watched(
         ["latex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", "doc.tex"],
-        cwd=run_dir,
-        workdir=ctx.workdir,
+        cwd=directory,
+        workdir=directory,
         timeout=ctx.timeout,
         progress=_PAGE_DONE,
         items=len(formulas),
         startup=STARTUP_SECONDS,
-        env=renderer_env(ctx.workdir, TEX_ENV),
+        env=renderer_env(directory, TEX_ENV),
         cancel=ctx.cancel,
+        limits=ctx.limits,
     )
     if outcome.cancelled:
         return _Compiled("cancelled", 0)
+    if outcome.limit:
+        return _Compiled("mismatch", 0, outcome.limit)
     if outcome.timed_out:  # the DVI is unfinished; formula number `progress` was running
         return _Compiled("timeout", min(outcome.progress, len(formulas) - 1))
-    log_path = run_dir / "doc.log"
+    log_path = directory / "doc.log"
     log = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     match = _PAGES.search(outcome.output)
     pages = int(match.group(1)) if match else 0
@@ -180,6 +230,8 @@ def _compile(formulas: list[str], ctx: BatchContext, run_dir: Path) -> _Compiled
         complete = len(marks) == len(formulas) + 1 and marks[-1] == ("end", len(formulas) + 1)
         if in_step and complete and pages == len(formulas):
             return _Compiled("ok", pages)
+        if marks and marks[-1][0] != "end":  # it stopped before the end of the document
+            return _Compiled("mismatch", 0, ENDED_EARLY)
         return _Compiled("mismatch", 0, f"formula produced {pages} pages, expected 1")
     last_line = (outcome.output.strip().splitlines() or [""])[-1]
     error = _first_error(log) or clip(last_line or f"latex exited with status {outcome.returncode}")
@@ -189,7 +241,7 @@ def _compile(formulas: list[str], ctx: BatchContext, run_dir: Path) -> _Compiled
     return _Compiled("mismatch", 0, error)
 
 
-def _rasterize(count: int, ctx: BatchContext, run_dir: Path) -> list[Raw]:
+def _rasterize(count: int, ctx: BatchContext, directory: Path) -> list[Raw]:
     """Pages 1..count of the DVI as images (an error per page that dvipng could not draw)."""
     if count == 0:
         return []
@@ -211,21 +263,24 @@ def _rasterize(count: int, ctx: BatchContext, run_dir: Path) -> list[Raw]:
             "page%d.png",
             "doc.dvi",
         ],
-        cwd=run_dir,
-        workdir=ctx.workdir,
+        cwd=directory,
+        workdir=directory,
         timeout=ctx.timeout + 0.05 * count,
-        env=renderer_env(ctx.workdir, TEX_ENV),
+        env=renderer_env(directory, TEX_ENV),
         cancel=ctx.cancel,
+        limits=ctx.limits,
     )
     message = clip(next((ln for ln in outcome.output.splitlines() if ln.strip()), ""))
     raws = []
     for page in range(1, count + 1):
-        png = run_dir / f"page{page}.png"
+        png = directory / f"page{page}.png"
         if png.is_file():
             raws.append(open_image(png, "dvipng output"))
             continue
         if outcome.timed_out:
             message = timeout_error(ctx.timeout)
+        if outcome.limit:
+            message = outcome.limit
         raws.append(Raw(error=f"dvipng: {message or 'no image written'}"))
     return raws
 
@@ -233,21 +288,22 @@ def _rasterize(count: int, ctx: BatchContext, run_dir: Path) -> list[Raw]:
 def render_batch(formulas: list[str], ctx: BatchContext) -> list[Raw]:
     """Render each formula (see the module docstring for how a batch is split on failure)."""
     results: dict[int, Raw] = {}
-    alone = [i for i, formula in enumerate(formulas) if needs_own_document(formula)]
-    shared = [i for i in range(len(formulas)) if i not in set(alone)]
+    shared = [i for i, formula in enumerate(formulas) if can_share(formula)]
+    alone = [i for i in range(len(formulas)) if i not in set(shared)]
     pending = collections.deque(([shared] if shared else []) + [[i] for i in alone])
     runs = 0
     while pending:
         batch = pending.popleft()
         runs += 1
-        run_dir = ctx.workdir / f"run{runs}"
-        compiled = _compile([formulas[i] for i in batch], ctx, run_dir)
+        # a run of its own for each formula that cannot share: no other formula sees its files
+        directory = run_dir(ctx, f"run{runs}" if len(batch) > 1 else f"run{runs}-item{batch[0]}")
+        compiled = _compile([formulas[i] for i in batch], ctx, directory)
         if compiled.status == "cancelled":
             for i in batch + [i for b in pending for i in b]:
                 results[i] = Raw(error="cancelled")
             break
         for i, raw in zip(
-            batch[: compiled.good], _rasterize(compiled.good, ctx, run_dir), strict=True
+            batch[: compiled.good], _rasterize(compiled.good, ctx, directory), strict=True
         ):
             results[i] = raw
         k = compiled.good

@@ -6,9 +6,11 @@ in its input, TeX reads any file it is pointed at, wkhtmltoimage fetches remote 
 renderer runs in a sandbox made by bubblewrap (``bwrap``, Debian package ``bubblewrap``): no
 network, a private PID, IPC, UTS and (where possible) user namespace, the system visible read-only,
 home directories and other places that hold people's files or the machine's secrets hidden
-behind empty read-only directories, the files that name the machine replaced, and only the
-batch's own work directory (plus a private, size-limited ``/tmp`` that vanishes with it)
-writable. The renderer also gets a small environment of its own, not this process's (which may
+behind empty read-only directories (the temporary directory too, where the work directories of
+all items lie), the files that name the machine replaced, and only the run's own work directory
+(plus a private, size-limited ``/tmp`` that vanishes with it) writable. Each item gets a work
+directory of its own (the renderer modules decide which items may share one run, see
+``markup2im.data.render.base``), so no item can read or write another's files. The renderer also gets a small environment of its own, not this process's (which may
 hold tokens). There is no switch to turn the sandbox off: where bwrap is missing or cannot run,
 rendering stops with a RenderError that says so (``check_sandbox``).
 
@@ -17,6 +19,11 @@ Each renderer runs in its own process group, so that killing it also kills its c
 progress on its output; the watchdog restarts the per-item clock whenever progress shows, and
 kills the whole group when one item takes longer than the timeout. That is what makes a per-item
 timeout possible for a batch of many items.
+
+Each renderer process is bounded (``Limits``): its address space (``prlimit --as``, so an
+allocation past it fails inside the renderer) and what it writes (``prlimit --fsize`` for any one
+file, the watchdog for the work directory as a whole, the private ``/tmp`` a tmpfs of that size).
+A run that reaches a bound reports it in ``Outcome.limit``, a message naming the limit.
 
 Renderers die with this process: bwrap's ``--die-with-parent`` kills the sandbox when the thread
 that started it ends, however this process ends (even by SIGKILL), and ``stop_on_signal`` kills
@@ -33,6 +40,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,7 +52,22 @@ from markup2im.errors import RenderError
 SANDBOX_PROGRAM = "bwrap"
 SANDBOX_INSTALL = "install the Debian package bubblewrap (`apt-get install bubblewrap`)"
 SANDBOX_HOSTNAME = "sandbox"  # what the host name reads as inside the sandbox
-TMP_BYTES = 512 * 1024 * 1024  # the sandbox's private /tmp is memory: bound it
+LIMIT_PROGRAM = "prlimit"  # util-linux: sets the resource limits of the renderer it starts
+MIB = 1024 * 1024
+# Bounds of one renderer process (MiB), measured: wkhtmltoimage needs 1.3-1.5 GiB of address
+# space for the smallest table (RDKit, LilyPond with LilyPond's documentation examples and TeX
+# render every item measured under 512 MiB), and no work directory of a real item holds more
+# than a few MiB.
+DEFAULT_MEMORY_MB = 3072
+DEFAULT_DISK_MB = 256
+MAX_MEMORY_MB = 1024 * 1024  # 1 TiB: larger is a typo
+MAX_DISK_MB = 1024 * 1024
+# what a renderer prints when an allocation fails (glibc, Python, C++, Guile's collector, which
+# only warns and may still finish: an item that reached the limit fails all the same)
+_OUT_OF_MEMORY = re.compile(
+    r"out of memory|cannot allocate memory|MemoryError|bad_alloc|memory exhausted", re.IGNORECASE
+)
+_GC_OUT_OF_MEMORY = "GC Warning: Out of Memory!"
 
 # Directories shown empty and read-only inside the sandbox: homes, runtime state (sockets,
 # secrets mounted by container runtimes), logs, mail, spools, backups (shadow copies), host keys
@@ -94,6 +117,36 @@ _KEPT_PREFIXES = ("TEXMF", "LILYPOND_")
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Bounds of each renderer process: address space and bytes written, in MiB."""
+
+    memory_mb: int = DEFAULT_MEMORY_MB
+    disk_mb: int = DEFAULT_DISK_MB
+
+    def __post_init__(self) -> None:
+        for name, value, top in (
+            ("memory limit", self.memory_mb, MAX_MEMORY_MB),
+            ("disk limit", self.disk_mb, MAX_DISK_MB),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= top:
+                raise RenderError(f"{name} must be a whole number of MiB in 1..{top}, got {value}")
+
+    def memory_message(self) -> str:
+        """The error of an item whose renderer ran out of its address space."""
+        return (
+            f"memory limit reached: a renderer may use {self.memory_mb} MiB of address space "
+            "(--memory-limit)"
+        )
+
+    def disk_message(self) -> str:
+        """The error of an item whose renderer wrote too much."""
+        return (
+            f"disk limit reached: a renderer may write {self.disk_mb} MiB in its work directory "
+            "(--disk-limit)"
+        )
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a watched process ended."""
 
@@ -103,6 +156,7 @@ class Outcome:
     output: str  # stdout and stderr, interleaved as written
     progress: int  # progress marks seen (see ``run_watched``)
     seconds: float
+    limit: str = ""  # the message naming the bound the run reached (``Limits``), if any
 
 
 def renderer_env(workdir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -137,14 +191,20 @@ def _under(path: Path, parent: Path) -> bool:
 
 
 def _hidden_dirs() -> list[Path]:
+    """Directories shown empty: ``HIDDEN_DIRS``, the user's home and the temporary directory.
+
+    The temporary directory holds the work directories of all items (and of other runs): each
+    run sees only its own, bound back over the empty one (``/tmp`` is always a private tmpfs).
+    """
     dirs = [Path(d) for d in HIDDEN_DIRS]
-    home = Path(os.path.expanduser("~")).resolve()
     system = [Path(p) for p in ("/usr", "/etc", "/bin", "/lib", "/tmp")]
-    # a $HOME that holds the system (``/``), lies in it, or is already hidden is left as it is
-    if not any(_under(p, home) or _under(home, p) for p in system) and not any(
-        _under(home, d) for d in dirs
-    ):
-        dirs.append(home)
+    for extra in (os.path.expanduser("~"), tempfile.gettempdir()):
+        path = Path(extra).resolve()
+        # one that holds the system (``/``), lies in it, or is already hidden is left as it is
+        if not any(_under(p, path) or _under(path, p) for p in system) and not any(
+            _under(path, d) for d in dirs
+        ):
+            dirs.append(path)
     return [d for d in dirs if d.is_dir() and not d.is_symlink()]
 
 
@@ -155,13 +215,20 @@ def _code_dirs() -> list[Path]:
 
 
 def sandbox_argv(
-    cmd: Sequence[str], *, workdir: Path, cwd: Path, mask_fds: Mapping[str, int]
+    cmd: Sequence[str],
+    *,
+    workdir: Path,
+    cwd: Path,
+    mask_fds: Mapping[str, int],
+    limits: Limits | None = None,
 ) -> list[str]:
     """The bwrap command line that runs ``cmd`` in ``cwd`` with only ``workdir`` writable.
 
     ``mask_fds`` maps each file to replace (``MASKED_FILES``) to a readable descriptor of its
-    replacement content (see ``_mask_descriptors``).
+    replacement content (see ``_mask_descriptors``). ``cmd`` runs under ``limits`` (default
+    ``Limits()``): ``prlimit`` sets them inside the sandbox and then becomes ``cmd``.
     """
+    limits = limits or Limits()
     workdir = workdir.resolve()
     hidden = _hidden_dirs()
     argv = [
@@ -181,7 +248,7 @@ def sandbox_argv(
         "--proc",
         "/proc",
         "--size",
-        str(TMP_BYTES),
+        str(limits.disk_mb * MIB),
         "--tmpfs",
         "/tmp",
     ]
@@ -199,7 +266,8 @@ def sandbox_argv(
     # read-only last: bwrap makes the mount points of the binds above inside these first
     for directory in hidden:
         argv += ["--remount-ro", str(directory)]
-    argv += ["--chdir", str(cwd.resolve()), "--", *cmd]
+    bounds = [f"--as={limits.memory_mb * MIB}", f"--fsize={limits.disk_mb * MIB}"]
+    argv += ["--chdir", str(cwd.resolve()), "--", LIMIT_PROGRAM, *bounds, "--", *cmd]
     return argv
 
 
@@ -223,14 +291,17 @@ def check_sandbox() -> None:
             "renderers run in a sandbox made by bubblewrap, but `bwrap` is not on PATH; "
             f"{SANDBOX_INSTALL}"
         )
+    if shutil.which(LIMIT_PROGRAM) is None:
+        raise RenderError(
+            "renderers run under memory and disk limits set by `prlimit`, which is not on PATH; "
+            "install the Debian package util-linux"
+        )
     _probe(path)
 
 
 @functools.cache
 def _probe(path: str) -> None:
     """Start ``true`` in the sandbox once per bwrap found (a failure is not cached)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="markup2im-sandbox-") as tmp:
         fds = _mask_descriptors()
         try:
@@ -336,6 +407,7 @@ def run_watched(
     env: Mapping[str, str] | None = None,
     cancel: threading.Event | None = None,
     stdin_path: Path | None = None,
+    limits: Limits | None = None,
 ) -> Outcome:
     """Run ``cmd`` in ``cwd`` in the sandbox (``workdir`` writable, default ``cwd``).
 
@@ -344,89 +416,130 @@ def run_watched(
     match is one finished item) it gets ``timeout`` seconds per item: the clock restarts at
     every new match, and the whole run is capped at ``startup + timeout * (items + 1)`` so that
     output that never stops cannot keep it alive. ``startup`` is extra time for the first match
-    only (starting LilyPond alone takes seconds).
+    only (starting LilyPond alone takes seconds). It is killed too when ``workdir`` grows past
+    the disk limit of ``limits`` (default ``Limits()``, which also bounds its address space).
+    The output goes to an unnamed file of this process: no renderer can reach it by name.
     """
     workdir = workdir or cwd
-    log_path = workdir / f".{Path(cmd[0]).name}-{time.monotonic_ns()}.out"
+    limits = limits or Limits()
     start = time.monotonic()
     if cancel is not None and cancel.is_set():
         return Outcome(None, False, True, "", 0, 0.0)
     fds = _mask_descriptors()
-    try:
-        argv = sandbox_argv(cmd, workdir=workdir, cwd=cwd, mask_fds=fds)
-        with open(log_path, "wb") as log, open(stdin_path or os.devnull, "rb") as stdin:
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                stdin=stdin,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else renderer_env(workdir),
-                start_new_session=True,
-                pass_fds=list(fds.values()),
-            )
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    with _LIVE_LOCK:
-        _LIVE[proc.pid] = proc
-    timed_out = cancelled = False
-    seen = 0
-    try:
-        if progress is None and cancel is None:
-            try:
-                proc.wait(timeout=startup + timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc)
-        else:
-            last_progress = start + startup  # the first window also covers starting up
-            hard_deadline = start + startup + timeout * (items + 1)
-            poll = 0.005
-            while True:
-                try:
-                    proc.wait(timeout=poll)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                poll = min(poll * 2, 0.1)
-                now = time.monotonic()
-                if progress is not None:
-                    found = len(progress.findall(_read(log_path)))
-                    if found > seen:
-                        seen, last_progress = found, now
-                if cancel is not None and cancel.is_set():
-                    cancelled = True
-                    _kill_group(proc)
-                    break
-                if now - last_progress > timeout or now > hard_deadline:
-                    timed_out = True
-                    _kill_group(proc)
-                    break
-    except BaseException:
-        _kill_group(proc)
-        raise
-    finally:
+    with tempfile.TemporaryFile(prefix="markup2im-output-") as log:
+        try:
+            argv = sandbox_argv(cmd, workdir=workdir, cwd=cwd, mask_fds=fds, limits=limits)
+            with open(stdin_path or os.devnull, "rb") as stdin:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    stdin=stdin,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=dict(env) if env is not None else renderer_env(workdir),
+                    start_new_session=True,
+                    pass_fds=list(fds.values()),
+                )
+        finally:
+            for fd in fds.values():
+                os.close(fd)
         with _LIVE_LOCK:
-            _LIVE.pop(proc.pid, None)
+            _LIVE[proc.pid] = proc
+        try:
+            ending = _watch(proc, log.fileno(), workdir, timeout, progress, items, startup, cancel,
+                            limits, start)  # fmt: skip
+        except BaseException:
+            _kill_group(proc)
+            raise
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.pop(proc.pid, None)
+        output = _read(log.fileno())
+    timed_out, cancelled, over_disk = ending
     if cancel is not None and cancel.is_set() and proc.returncode != 0:
         cancelled = True  # killed by ``stop_on_signal`` (or cancelled as it ended)
-    output = _read(log_path)
-    log_path.unlink(missing_ok=True)
-    if progress is not None:
-        seen = len(progress.findall(output))
+    limit = ""
+    if over_disk or _written_bytes(workdir, limits.disk_mb * MIB) >= limits.disk_mb * MIB:
+        limit = limits.disk_message()
+    elif (proc.returncode != 0 and _OUT_OF_MEMORY.search(output)) or _GC_OUT_OF_MEMORY in output:
+        limit = limits.memory_message()
     return Outcome(
-        returncode=None if (timed_out or cancelled) else proc.returncode,
+        returncode=None if (timed_out or cancelled or over_disk) else proc.returncode,
         timed_out=timed_out,
         cancelled=cancelled,
         output=output,
-        progress=seen,
+        progress=len(progress.findall(output)) if progress is not None else 0,
         seconds=time.monotonic() - start,
+        limit=limit,
     )
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
+def _watch(
+    proc: subprocess.Popen[bytes],
+    log_fd: int,
+    workdir: Path,
+    timeout: float,
+    progress: re.Pattern[str] | None,
+    items: int,
+    startup: float,
+    cancel: threading.Event | None,
+    limits: Limits,
+    start: float,
+) -> tuple[bool, bool, bool]:
+    """Wait for ``proc``, killing its group on a stall, cancel or full disk (which one: flags)."""
+    seen = 0
+    last_progress = start + startup  # the first window also covers starting up
+    hard_deadline = start + startup + timeout * (items + 1)
+    cap = limits.disk_mb * MIB
+    poll = 0.005
+    while True:
+        try:
+            proc.wait(timeout=poll)
+            return False, False, False
+        except subprocess.TimeoutExpired:
+            pass
+        poll = min(poll * 2, 0.1)
+        now = time.monotonic()
+        if progress is not None:
+            found = len(progress.findall(_read(log_fd)))
+            if found > seen:
+                seen, last_progress = found, now
+        ending = (
+            cancel is not None and cancel.is_set(),
+            now - last_progress > timeout or now > hard_deadline,
+            _written_bytes(workdir, cap) >= cap,
+        )
+        if any(ending):
+            _kill_group(proc)
+            cancelled, timed_out, over_disk = ending
+            return timed_out and not cancelled, cancelled, over_disk and not cancelled
+
+
+def _written_bytes(workdir: Path, cap: int) -> int:
+    """Disk used below ``workdir`` (each entry at least one 4 KiB block), counted up to ``cap``."""
+    total = 0
+    todo = [workdir]
+    while todo and total < cap:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += max(stat.st_blocks * 512, stat.st_size, 4096)
+            if entry.is_dir(follow_symlinks=False):
+                todo.append(Path(entry.path))
+    return total
+
+
+def _read(fd: int) -> str:
+    """Everything written to the output so far (``pread``: the renderer's offset is untouched)."""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks).decode("utf-8", errors="replace")
