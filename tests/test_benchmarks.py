@@ -125,7 +125,7 @@ def test_gpu_check_script_runs_its_cpu_smoke_variant(tmp_path):
     assert "| bf16 / fp32 step rate, ss |" in done.stdout
     assert "| images/s DDPM-1000 (projected) / DPM-Solver++-20, fp32 |" in done.stdout
     # the short learning run: both methods scored on the test split at each snapshot
-    assert "| step | minutes | baseline test | ss test |" in done.stdout
+    assert "| step | minutes | baseline test | scheduled_sampling test |" in done.stdout
     out = tmp_path / "out"
     curves = json.loads((out / "learning.json").read_text(encoding="utf-8"))
     assert set(curves) == {"baseline", "scheduled_sampling"}

@@ -494,7 +494,9 @@ def test_workflow_on_the_real_profile_two_gpus_on_one_node_and_no_network_jobs(
     assert model["encoder"] == "markup2im-test/tiny-gpt-neo"
 
 
-LONG_TRAINING = {"max_steps": 300, "checkpoint_every": 100}
+# long enough that no job of a 1-minute limit with a 40 s margin can finish it: about 600 / 14
+# = 43 s of training here, of which a job has about 15 s
+LONG_TRAINING = {"max_steps": 600, "checkpoint_every": 100}
 
 
 def trained_weights(model_dir: Path) -> dict:
@@ -538,11 +540,11 @@ def uninterrupted_model(tmp_path_factory) -> Path:
 def test_training_longer_than_its_time_limit_spans_several_jobs(
     slurm_cluster, tmp_path, uninterrupted_model
 ):
-    """The real train rule with a 1-minute limit: it checkpoints and stops 30 s before the limit,
+    """The real train rule with a 1-minute limit: it checkpoints and stops 40 s before the limit,
     the retry resumes, and the model is bit for bit the one trained in one go."""
     config = workflow_config(
         tmp_path, "long", gpu=1, train=LONG_TRAINING,
-        resources={"train": {"runtime": 1, "walltime_margin": 30, "chunks": 6}},
+        resources={"train": {"runtime": 1, "walltime_margin": 40, "chunks": 10}},
     )  # fmt: skip
     workdir = tmp_path / "run"
     run = NamedProfileRun(
