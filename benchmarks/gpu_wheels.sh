@@ -13,7 +13,7 @@
 # dependencies (pyproject.toml) and pytest on top of the machine's pinned torch / accelerate /
 # transformers / huggingface_hub, with every other version pinned by requirements-lock.txt; the
 # kit is what that adds, less what the machine holds. `--machine image` (default) takes away the
-# packages of the device machines' image ("cuda", listed in the device notes, 2026-11-17: pyarrow,
+# packages of the GPU machine's image (its package list as of 2026-11-17: pyarrow,
 # pandas, numba, scikit-image, matplotlib, pytest... are there), which keeps the kit near 5 MiB;
 # `--machine minimal` takes away only what torch, accelerate and transformers pull in, which adds
 # pyarrow, pandas, scipy, scikit-image, numba/llvmlite and matplotlib (about 190 MiB, over the
@@ -43,7 +43,7 @@ if [ -z "$PY" ]; then
     [ -x .venv/bin/python ] && PY=.venv/bin/python
 fi
 
-# What the GPU machine's python3 (3.12.3) holds, as read there (device notes, KINDS.md). Pinned:
+# What the GPU machine's python3 (3.12.3) holds, as listed for that machine. Pinned:
 # the versions a session's `pip list` showed; transformers 5.17 wants huggingface_hub < 2, so the
 # lock's 2.4.0 must not come along (it would shadow the machine's 1.33.0).
 MACHINE_PINS=(torch==2.11.0 accelerate==1.15.0 transformers==5.17.0 huggingface_hub==1.33.0
