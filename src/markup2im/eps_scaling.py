@@ -60,16 +60,16 @@ class EpsScale:
             if isinstance(value, str):
                 return cls._parse_text(value)
             return cls(b=value)
-        except ConfigError as exc:
-            raise ConfigError(f"{key}: {exc}".replace(f"{key}: eps_scale: ", f"{key}: ")) from None
+        except ConfigError as exc:  # name the key the value came from, once
+            raise ConfigError(f"{key}: {str(exc).removeprefix('eps_scale: ')}") from None
 
     @classmethod
     def _parse_text(cls, text: str) -> EpsScale:
-        parts = dict(part.partition("=")[::2] for part in text.replace(" ", "").split(","))
         try:
-            if list(parts) == [text.strip()] and parts[text.strip()] == "":
+            if "=" not in text:
                 return cls(b=float(text))
-            return cls.parse({k: float(v) for k, v in parts.items()})
+            parts = (part.partition("=")[::2] for part in text.replace(" ", "").split(","))
+            return cls.parse({k: float(v) for k, v in parts})
         except ValueError:
             raise ConfigError(f"expected a number or k=...,b=..., got {text!r}") from None
 

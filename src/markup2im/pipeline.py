@@ -106,53 +106,11 @@ class Markup2ImPipeline:
         """Denoising steps of ``sampler`` with ``steps`` (None: the sampler's default)."""
         return num_steps(sampler, self.model.scheduler_config, steps)
 
-    def __call__(
-        self,
-        markups: str | Sequence[str],
-        *,
-        sampler: str = "ddim",
-        steps: int | None = None,
-        seed: int | Sequence[int] = 0,
-        indices: Sequence[int] | None = None,
-        frames_every: int = 0,
-        frames_for: Sequence[bool] | None = None,
-        on_frame: FrameSink | None = None,
-        batch_size: int = 16,
-        progress: Progress | None = None,
-        precision: str = "fp32",
-        eps_scale: EpsScaleLike = None,
-    ) -> Drawing:
-        """Draw ``markups`` (one string or a list) at the model's size and colour mode.
-
-        ``sampler`` is ddpm, ddim or dpmsolver++, ``steps`` its number of denoising steps (None:
-        the sampler's default). Markup ``k`` is example ``indices[k]`` (default ``k``) of
-        ``seed`` (or of ``seed[k]``, one seed per markup): the module docstring's seeding rule,
-        whatever ``batch_size`` (markups sampled together). ``frames_every`` k > 0 also keeps
-        each markup's denoising frames (the clipped x0 prediction of every k-th step and of the
-        last step), of the markups that ``frames_for`` marks (default: all); ``on_frame`` takes
-        them as they come instead of the result keeping them. ``progress`` is called with
-        (steps done, steps in all) after every step. Markup longer than the model's limit is
-        truncated (the encoder logs by how many tokens). ``precision`` ``bf16`` runs the
-        denoiser under bf16 autocast (close to but not bit-identical with fp32). ``eps_scale``
-        is epsilon scaling (:mod:`markup2im.eps_scaling`): 1.01, ``{"k": ..., "b": ...}`` or
-        ``"k=...,b=..."`` divides the predicted noise by ``lambda_t = k t + b``; None or 1 is
-        the plain sampler.
-        """
+    def __call__(self, markups: str | Sequence[str], **settings: Any) -> Drawing:
+        """Draw ``markups`` (one string or a list) with the keyword settings of :meth:`batches`,
+        all batches at once."""
         drawn = Drawing()
-        for batch in self.batches(
-            markups,
-            sampler=sampler,
-            steps=steps,
-            seed=seed,
-            indices=indices,
-            frames_every=frames_every,
-            frames_for=frames_for,
-            on_frame=on_frame,
-            batch_size=batch_size,
-            progress=progress,
-            precision=precision,
-            eps_scale=eps_scale,
-        ):
+        for batch in self.batches(markups, **settings):
             drawn.images += batch.images
             drawn.frames += batch.frames
             drawn.frame_steps = batch.frame_steps
@@ -174,8 +132,24 @@ class Markup2ImPipeline:
         precision: str = "fp32",
         eps_scale: EpsScaleLike = None,
     ) -> Iterator[Drawing]:
-        """What :meth:`__call__` draws, one batch of ``batch_size`` markups at a time (its
-        ``start`` says where in ``markups``): for jobs that write files as they go."""
+        """Draw ``markups`` (one string or a list) at the model's size and colour mode, one batch
+        of ``batch_size`` markups at a time (each Drawing's ``start`` says where in ``markups``):
+        for jobs that write files as they go; :meth:`__call__` joins the batches.
+
+        ``sampler`` is ddpm, ddim or dpmsolver++, ``steps`` its number of denoising steps (None:
+        the sampler's default). Markup ``k`` is example ``indices[k]`` (default ``k``) of
+        ``seed`` (or of ``seed[k]``, one seed per markup): the module docstring's seeding rule,
+        whatever ``batch_size`` (markups sampled together). ``frames_every`` k > 0 also keeps
+        each markup's denoising frames (the clipped x0 prediction of every k-th step and of the
+        last step), of the markups that ``frames_for`` marks (default: all); ``on_frame`` takes
+        them as they come instead of the result keeping them. ``progress`` is called with
+        (steps done, steps in all) after every step. Markup longer than the model's limit is
+        truncated (the encoder logs by how many tokens). ``precision`` ``bf16`` runs the
+        denoiser under bf16 autocast (close to but not bit-identical with fp32). ``eps_scale``
+        is epsilon scaling (:mod:`markup2im.eps_scaling`): 1.01, ``{"k": ..., "b": ...}`` or
+        ``"k=...,b=..."`` divides the predicted noise by ``lambda_t = k t + b``; None or 1 is
+        the plain sampler.
+        """
         # 1. the markups, each one's noise, and the settings
         items = [markups] if isinstance(markups, str) else [str(m) for m in markups]
         noise = _noise_seeds(len(items), seed, indices)
