@@ -134,7 +134,8 @@ def train_config(entry: dict, ss: dict, method: str, data: Path, out: Path, step
     return TrainConfig(
         dataset_dir=data, output_dir=out, method=method, model_preset=model.get("preset", "small"),
         encoder=model.get("encoder", "offline"), prediction_type=model.get("prediction_type", "epsilon"),
-        train_encoder=model.get("train_encoder", False), max_steps=steps, snapshot_every=every,
+        train_encoder=model.get("train_encoder", False), attention_from=model.get("attention_from"),
+        max_steps=steps, snapshot_every=every,
         checkpoint_every=10**9, **{k: v for k, v in settings.items() if k in keep}, **extra,
     )  # fmt: skip
 
@@ -159,7 +160,8 @@ def probe(job: tuple) -> float:
 
 def score(model_dir: Path, data: Path, out: Path, sampler: dict, device: str) -> float | None:
     generate(model_dir, data, out, sampler=sampler["sampler"],
-             num_inference_steps=sampler.get("steps"), seed=0, device=device)  # fmt: skip
+             num_inference_steps=sampler.get("steps"), seed=0, device=device,
+             eps_scale=sampler.get("eps_scale"), guidance_scale=sampler.get("guidance_scale"))  # fmt: skip
     summary = evaluate_dirs(out / "images", out / "gold", out / "metrics.csv", workers=1)
     return summary["dtw_ratio_to_blank"]
 

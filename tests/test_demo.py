@@ -285,3 +285,21 @@ def test_compare_draws_what_the_pipeline_draws(tmp_path: Path, monkeypatch) -> N
     assert seen[-1] == (1.0, "denoising")
     drawn = Markup2ImPipeline(demo.model)("<table></table>", steps=3, seed=2).images[0]
     assert (pixels(result.image) == pixels(drawn)).all()
+
+
+def test_compare_guides_as_the_pipeline_does(tmp_path: Path, monkeypatch) -> None:
+    """The page's guidance scale reaches the pipeline: the drawing is the pipeline's with that
+    scale, which is not the unguided one."""
+    from markup2im.pipeline import Markup2ImPipeline
+
+    model_dir = save_untrained_model(tmp_path / "model")
+    demo = Demo.load(model_dir, tmp_path, domain="tables", device="cpu")
+    monkeypatch.setattr(demo, "_render", lambda markup: (None, "no renderer in this test"))
+    result = demo.compare("<table></table>", steps=3, seed=2, guidance_scale=3.0)
+    pipe = Markup2ImPipeline(demo.model)
+    guided = pipe("<table></table>", steps=3, seed=2, guidance_scale=3.0).images[0]
+    plain = pipe("<table></table>", steps=3, seed=2).images[0]
+    assert (pixels(result.image) == pixels(guided)).all()
+    assert (pixels(result.image) != pixels(plain)).any()
+    bad = demo.compare("<table></table>", steps=3, seed=2, guidance_scale=-1.0)
+    assert bad.image is None and any("guidance_scale must be" in n for n in bad.notes)

@@ -161,6 +161,30 @@ def test_eps_scale_reaches_the_drawing(untrained_dir: Path, tmp_path: Path, caps
         assert np.array_equal(pixels(tmp_path / "out" / names[i]), pixels(single))
 
 
+def test_guidance_scale_reaches_the_drawing(untrained_dir: Path, tmp_path: Path, capsys) -> None:
+    """draw --guidance-scale draws what the pipeline draws with that scale, and says so."""
+    pipe = Markup2ImPipeline.from_pretrained(untrained_dir, device="cpu")
+    code = main([
+        "draw", "--model-dir", str(untrained_dir), FORMULAS[0], "--output",
+        str(tmp_path / "one.png"), "--steps", "3", "--seed", "1", "--guidance-scale", "3",
+    ])  # fmt: skip
+    assert code == 0
+    assert "ddim 3 steps, guidance scale 3, seed 1" in capsys.readouterr().out
+    guided = pipe(FORMULAS[0], steps=3, seed=1, guidance_scale=3).images[0]
+    assert np.array_equal(pixels(tmp_path / "one.png"), pixels(guided))
+    (tmp_path / "f.txt").write_text(FORMULAS[1] + "\n", encoding="utf-8")
+    code = main([
+        "draw", "--model-dir", str(untrained_dir), "--markup-file", str(tmp_path / "f.txt"),
+        "--output-dir", str(tmp_path / "out"), "--steps", "3", "--seed", "4",
+        "--guidance-scale", "0",
+    ])  # fmt: skip
+    assert code == 0
+    assert "(ddim, 3 steps, guidance scale 0, seeds 4..4)" in capsys.readouterr().out
+    unconditional = pipe("", steps=3, seed=4).images[0]
+    drawn = tmp_path / "out" / assign_filenames(FORMULAS[1:2])[0]
+    assert np.array_equal(pixels(drawn), pixels(unconditional))
+
+
 def test_encoder_says_by_how_many_tokens_it_truncates(caplog) -> None:
     enc = MarkupEncoder.load(OFFLINE, max_length=4)
     assert enc.overflow(["abcdefgh", "ab", "abcde"]) == [4, 0, 1]

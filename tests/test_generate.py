@@ -197,6 +197,33 @@ def test_eps_scale_from_the_command_line_reaches_the_images(
         assert not np.array_equal(scaled, plain)
 
 
+def test_guidance_scale_from_the_command_line_reaches_the_images(
+    tmp_path: Path, model_dir: Path, dataset_dir: Path
+) -> None:
+    """--guidance-scale W draws what the API draws with guidance_scale=W, with eps scaling on
+    top; --guidance-scale -1 is a usage error."""
+    common = dict(limit=2, sampler="ddim", num_inference_steps=3, seed=2, device="cpu")
+    generate(model_dir, dataset_dir, tmp_path / "plain", **common)
+    generate(model_dir, dataset_dir, tmp_path / "api", guidance_scale=2.5, eps_scale=1.01,
+             **common)  # fmt: skip
+    code = cli_main(
+        ["generate", "--model-dir", str(model_dir), "--dataset-dir", str(dataset_dir),
+         "--output-dir", str(tmp_path / "cli"), "--limit", "2", "--sampler", "ddim",
+         "--num-inference-steps", "3", "--seed", "2", "--device", "cpu",
+         "--guidance-scale", "2.5", "--eps-scale", "1.01"]
+    )  # fmt: skip
+    assert code == 0
+    for image in ("test_0.png", "test_1.png"):
+        guided = pixels(tmp_path / "cli" / "images" / image)
+        np.testing.assert_array_equal(guided, pixels(tmp_path / "api" / "images" / image))
+        assert not np.array_equal(guided, pixels(tmp_path / "plain" / "images" / image))
+    with pytest.raises(SystemExit) as info:
+        cli_main(["generate", "--model-dir", str(model_dir), "--dataset-dir", str(dataset_dir),
+                  "--output-dir", str(tmp_path / "o"), "--guidance-scale=-1"])  # fmt: skip
+    assert info.value.code == 2
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     ("flag", "message"),
     [

@@ -277,3 +277,28 @@ def test_channels_last_features_stay_channels_last_and_outputs_match():
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert block(features.contiguous(), ctx).is_contiguous()
     assert (plain - nhwc).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("preset", [p for p in CPU_PRESETS if get_model_preset(p).patch_size > 1])
+def test_patched_presets_run_no_level_at_full_resolution(preset, tmp_path):
+    """On 2x2 patches the first level works at half the image side, the output is the image's
+    shape, and the patch size is saved and reloaded with the denoiser."""
+    p = get_model_preset(preset)
+    assert p.level_factors[0] == p.patch_size == 2
+    assert [s for s in p.level_sizes(32, 128)][0] == (16, 64)
+    torch.manual_seed(0)
+    model = MarkupUNet.from_preset(p, height=32, width=128, channels=1, cross_attention_dim=CTX,
+                                   max_text_positions=33)  # fmt: skip
+    seen = []
+    model.conv_in.register_forward_hook(lambda m, i, out: seen.append(tuple(out.shape)))
+    x = torch.randn(2, 1, 32, 128)
+    ctx, mask = torch.randn(2, 5, CTX), torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        out = model(x, torch.tensor([10, 900]), ctx, mask)
+    assert out.shape == x.shape and seen == [(2, p.block_out_channels[0], 16, 64)]
+    model.save_pretrained(tmp_path / "unet")
+    loaded = MarkupUNet.from_pretrained(tmp_path / "unet")
+    assert loaded.config.patch_size == 2 and loaded.patch_size == 2
+    with torch.no_grad():
+        again = loaded(x, torch.tensor([10, 900]), ctx, mask)
+    assert torch.allclose(out, again, atol=1e-5)

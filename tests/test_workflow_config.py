@@ -109,6 +109,12 @@ def test_defaults_are_filled_in_nested_objects() -> None:
          "samplers.ddim4.eps_scale"),
         (lambda c: c["samplers"]["ddim4"].update(eps_scale={"k": "1e-5"}),
          "samplers.ddim4.eps_scale.k"),
+        (lambda c: c["samplers"]["ddim4"].update(guidance_scale=-1),
+         "samplers.ddim4.guidance_scale"),
+        (lambda c: c["datasets"]["micro"]["train"].update(markup_dropout=1),
+         "datasets.micro.train.markup_dropout"),
+        (lambda c: c["datasets"]["micro"]["model"].update(attention_from="4"),
+         "datasets.micro.model.attention_from"),
     ],
 )  # fmt: skip
 def test_schema_errors_name_the_key(change, message: str) -> None:
@@ -132,6 +138,8 @@ def test_schema_errors_name_the_key(change, message: str) -> None:
          "input_perturbation.gamma is 0, which trains the baseline"),
         (lambda c: c["samplers"]["ddim4"].update(eps_scale=0),
          "config: samplers.ddim4.eps_scale: .*must be > 0"),
+        (lambda c: c["datasets"]["micro"]["model"].update(attention_from=3),
+         "config: datasets.micro.model: attention_from must be one of 1, 2, 4, 8"),
         (lambda c: c["samplers"]["ddim4"].update(eps_scale=-1.01),
          "config: samplers.ddim4.eps_scale: .*must be > 0"),
         (lambda c: c["samplers"]["ddim4"].update(eps_scale={"k": -0.01, "b": 1.0}),

@@ -17,7 +17,7 @@ from markup2im.workflow.flags import (
 )
 
 MODEL = {"preset": "tiny", "max_markup_length": None, "prediction_type": "epsilon",
-         "train_encoder": False}  # fmt: skip
+         "train_encoder": False, "attention_from": None}  # fmt: skip
 SS = {"max_m": 1, "start": [0.0], "end": [0.8], "min_t": 0, "ip_gamma": None}
 IP = {"gamma": 0.1}
 
@@ -65,7 +65,13 @@ def test_input_perturbation_gets_its_gamma_and_scheduled_sampling_only_when_aske
 
 def test_sample_and_evaluate_flags() -> None:
     generate = {"split": "test", "limit": None, "seed": 0, "precision": "fp32", "batch_size": 8}
-    sampler = {"sampler": "ddim", "steps": 10, "frames_every": None, "eps_scale": None}
+    sampler = {
+        "sampler": "ddim",
+        "steps": 10,
+        "frames_every": None,
+        "eps_scale": None,
+        "guidance_scale": 1,
+    }
     assert sample_flags(generate, sampler) == (
         "--split test --sampler ddim --num-inference-steps 10 --seed 0"
     )
@@ -88,7 +94,13 @@ def test_accelerate_gets_one_process_per_gpu_with_its_share_of_threads() -> None
 
 def test_eps_scale_is_a_generate_flag_unless_it_is_the_plain_sampler() -> None:
     generate = {"split": "test", "limit": None, "seed": 0, "precision": "fp32"}
-    sampler = {"sampler": "ddim", "steps": 10, "frames_every": None, "eps_scale": None}
+    sampler = {
+        "sampler": "ddim",
+        "steps": 10,
+        "frames_every": None,
+        "eps_scale": None,
+        "guidance_scale": 1,
+    }
     plain = sample_flags(generate, sampler)
     assert "--eps-scale" not in plain
     # 1 and {b: 1} are the plain sampler: the same flags, so nothing reruns
@@ -99,3 +111,25 @@ def test_eps_scale_is_a_generate_flag_unless_it_is_the_plain_sampler() -> None:
     assert eps_scale_flag({"k": 1.0e-5}) == "k=1e-05,b=1.0"
     with pytest.raises(ConfigError, match="eps_scale"):
         eps_scale_flag(0)
+
+
+def test_guidance_scale_is_a_generate_flag_unless_it_is_the_plain_sampler() -> None:
+    generate = {"split": "test", "limit": None, "seed": 0, "precision": "fp32", "batch_size": 8}
+    sampler = {"sampler": "ddim", "steps": 10, "frames_every": None, "eps_scale": None,
+               "guidance_scale": 1}  # fmt: skip
+    plain = sample_flags(generate, sampler)
+    assert sample_flags(generate, {**sampler, "guidance_scale": 1.0}) == plain
+    assert sample_flags(generate, {**sampler, "guidance_scale": 3}) == plain + " --guidance-scale 3"
+    both = sample_flags(generate, {**sampler, "guidance_scale": 0, "eps_scale": 1.01})
+    assert both == plain + " --eps-scale 1.01 --guidance-scale 0"
+
+
+def test_attention_levels_and_markup_dropout_are_train_flags_only_when_set() -> None:
+    plain = train_flags("baseline", MODEL, {}, "offline", SS, IP)
+    assert "--attention-from" not in plain and "--markup-dropout" not in plain
+    flags = train_flags("baseline", {**MODEL, "attention_from": 4}, {"markup_dropout": 0.1},
+                        "offline", SS, IP)  # fmt: skip
+    assert "--attention-from 4" in flags and "--markup-dropout 0.1" in flags
+    assert "--markup-dropout" not in train_flags(
+        "baseline", MODEL, {"markup_dropout": None}, "offline", SS, IP
+    )

@@ -40,6 +40,7 @@ from markup2im.eps_scaling import EpsScaleLike
 from markup2im.errors import ConfigError, Markup2ImError, MissingDependencyError
 from markup2im.figures.gif import frames_gif
 from markup2im.figures.images import enlarge, upscale_factor
+from markup2im.guidance import NO_GUIDANCE
 from markup2im.model import MODEL_RECORD, Markup2ImModel
 from markup2im.names import DEFAULT_STEPS, SAMPLERS, frames_every
 from markup2im.pipeline import Markup2ImPipeline
@@ -186,9 +187,10 @@ class Demo:
         seed: int = 0,
         progress: Progress | None = None,
         eps_scale: EpsScaleLike = None,
+        guidance_scale: float | None = None,
     ) -> Comparison:
-        """Render and draw ``markup`` (``eps_scale``: the sampler's epsilon scaling, None or 1:
-        none); errors of the renderer or of the settings become ``render_error`` or ``notes``,
+        """Render and draw ``markup`` (``eps_scale``: the sampler's epsilon scaling,
+        ``guidance_scale`` its classifier-free guidance; None or 1: none); errors of the renderer or of the settings become ``render_error`` or ``notes``,
         never exceptions."""
         markup = (markup or "").strip()
         result = Comparison(markup)
@@ -207,7 +209,8 @@ class Demo:
                     f"truncated by {cut} token{'s' if cut != 1 else ''}."
                 )
             try:
-                self._draw(result, sampler, steps, seed, eps_scale, report)
+                adjust = {"eps_scale": eps_scale, "guidance_scale": guidance_scale}
+                self._draw(result, sampler, steps, seed, report, **adjust)
             except Markup2ImError as exc:
                 result.notes.append(f"Cannot draw: {exc}")
                 return result
@@ -249,8 +252,9 @@ class Demo:
         sampler: str,
         steps: int | None,
         seed: int,
-        eps_scale: EpsScaleLike,
         report: Progress,
+        eps_scale: EpsScaleLike,
+        guidance_scale: float | None,
     ) -> None:
         drawing = self.pipe(
             result.markup,
@@ -260,6 +264,7 @@ class Demo:
             frames_every=frames_every(self.pipe.num_steps(sampler, steps)),
             progress=DenoisingProgress(report),
             eps_scale=eps_scale,
+            guidance_scale=guidance_scale,
         )
         result.image = drawing.images[0]
         number = next(self._count)
@@ -334,6 +339,7 @@ def build_app(demo: Demo) -> Any:
         steps: float,
         seed: float,
         eps_scale: float | None,
+        guidance_scale: float | None,
         progress=gr.Progress(),  # noqa: B008 (Gradio finds its progress bar by this default)
     ):
         def report(fraction: float, what: str) -> None:
@@ -346,6 +352,7 @@ def build_app(demo: Demo) -> Any:
             seed=int(seed or 0),
             progress=report,
             eps_scale=None if eps_scale is None else float(eps_scale),
+            guidance_scale=None if guidance_scale is None else float(guidance_scale),
         )
         return (
             _display(result.image),
@@ -381,6 +388,13 @@ def build_app(demo: Demo) -> Any:
                 info="divides the predicted noise (1: the plain sampler; the paper's 1.004-1.017)",
                 elem_id="m2i-eps-scale",
             )
+            guidance_scale = gr.Number(
+                NO_GUIDANCE,
+                label="Guidance scale",
+                step=0.5,
+                info="classifier-free guidance for models trained with markup dropout (1: none)",
+                elem_id="m2i-guidance-scale",
+            )
         button = gr.Button("Draw", variant="primary", elem_id="m2i-draw")
         status = gr.HTML(elem_id="m2i-status")
         with gr.Row():
@@ -400,7 +414,7 @@ def build_app(demo: Demo) -> Any:
         scores = gr.HTML(elem_id="m2i-scores")
         button.click(
             on_draw,
-            [markup, sampler, steps, seed, eps_scale],
+            [markup, sampler, steps, seed, eps_scale, guidance_scale],
             [image, rendered, animation, scores, status],
             concurrency_limit=1,
         )

@@ -31,6 +31,7 @@ from markup2im.data.render import assign_filenames
 from markup2im.eps_scaling import EpsScale, EpsScaleLike, parse_eps_scale
 from markup2im.errors import DataError
 from markup2im.figures.gif import frames_gif
+from markup2im.guidance import check_guidance_scale, guided
 from markup2im.model import Markup2ImModel
 from markup2im.names import frames_every
 from markup2im.pipeline import Markup2ImPipeline, Progress, StepBar
@@ -66,17 +67,24 @@ class ChunkProgress:
         self.progress(self.offset + done, self.total)
 
 
-def _scaled(eps_scale: EpsScale | None) -> str:
-    """', eps scale 1.01' when a draw scales the noise, else ''."""
-    return "" if eps_scale is None or eps_scale.identity else f", eps scale {eps_scale}"
+def _adjusted(eps_scale: EpsScale | None, guidance_scale: float | None) -> str:
+    """', guidance scale 3, eps scale 1.01' for what a draw adjusts in its sampler, else ''."""
+    guidance = f", guidance scale {guidance_scale:g}" if guided(guidance_scale) else ""
+    scaled = "" if eps_scale is None or eps_scale.identity else f", eps scale {eps_scale}"
+    return guidance + scaled
 
 
 def _describe(
-    image: Image.Image, sampler: str, steps: int, seed: int, eps_scale: EpsScale | None = None
+    image: Image.Image,
+    sampler: str,
+    steps: int,
+    seed: int,
+    eps_scale: EpsScale | None = None,
+    guidance_scale: float | None = None,
 ) -> str:
     return (
         f"{image.width}x{image.height} {image.mode} image, "
-        f"{sampler} {steps} steps{_scaled(eps_scale)}, seed {seed}"
+        f"{sampler} {steps} steps{_adjusted(eps_scale, guidance_scale)}, seed {seed}"
     )
 
 
@@ -95,10 +103,13 @@ def draw_one(
     seed: int = 0,
     device: str = "auto",
     eps_scale: EpsScaleLike = None,
+    guidance_scale: float | None = None,
 ) -> list[Written]:
     """Draw one markup into the PNG ``output`` (and its denoising into the GIF ``gif``);
-    ``eps_scale`` is the sampler's epsilon scaling (None or 1: none)."""
+    ``eps_scale`` is the sampler's epsilon scaling and ``guidance_scale`` its classifier-free
+    guidance (None or 1: none)."""
     scaling = parse_eps_scale(eps_scale)  # before the model loads
+    guidance = None if guidance_scale is None else check_guidance_scale(guidance_scale)
     if not markup.strip():
         raise DataError("the markup to draw is empty")
     problem = unwritable(markup)  # bytes of the command line that are not UTF-8 come as surrogates
@@ -118,13 +129,14 @@ def draw_one(
             frames_every=frames_every(n_steps) if gif is not None else 0,
             progress=progress,
             eps_scale=scaling,
+            guidance_scale=guidance,
         )
     image = drawing.images[0]
     save_image(image, output)
     written = [
         Written(
             Path(output),
-            f"{_describe(image, sampler, n_steps, seed, scaling)} of {_preview(markup)}",
+            f"{_describe(image, sampler, n_steps, seed, scaling, guidance)} of {_preview(markup)}",
         )
     ]
     if gif is not None:
@@ -145,6 +157,7 @@ def draw_file(
     batch_size: int = 8,
     device: str = "auto",
     eps_scale: EpsScaleLike = None,
+    guidance_scale: float | None = None,
 ) -> list[Written]:
     """Draw every markup of a ``.txt`` / ``.jsonl`` file into ``output_dir``.
 
@@ -153,9 +166,10 @@ def draw_file(
     blank lines skipped) is drawn with seed ``seed + i``. Lines that are not valid UTF-8 are not
     drawn; ``manifest.csv`` lists every markup with its line, file, seed, the tokens cut from it
     (beyond the model's limit) and its error. ``eps_scale`` is the sampler's epsilon scaling
-    (None or 1: none).
+    and ``guidance_scale`` its classifier-free guidance (None or 1: none).
     """
     scaling = parse_eps_scale(eps_scale)  # before the model loads
+    guidance = None if guidance_scale is None else check_guidance_scale(guidance_scale)
     source = read_markup_file(markup_file)
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
@@ -168,7 +182,7 @@ def draw_file(
     paths = [out / name for name in names]
     written = _draw_chunks(
         pipe, source, paths, gifs=gifs, sampler=sampler, steps=steps, seed=seed,
-        batch_size=batch_size, eps_scale=scaling,
+        batch_size=batch_size, eps_scale=scaling, guidance_scale=guidance,
     )  # fmt: skip
     manifest = out / MANIFEST
     write_text(manifest, manifest_csv(source, names, cut, seed))
@@ -178,7 +192,7 @@ def draw_file(
         Written(
             manifest,
             f"manifest: {drawn} of {count} markups drawn as {images_mode(pipe.model)} images "
-            f"({sampler}, {n_steps} steps{_scaled(scaling)}, seeds {seed}..{seed + count - 1})",
+            f"({sampler}, {n_steps} steps{_adjusted(scaling, guidance)}, seeds {seed}..{seed + count - 1})",
         )
     )
     if any(cut):
@@ -204,6 +218,7 @@ def _draw_chunks(
     seed: int,
     batch_size: int,
     eps_scale: EpsScale | None = None,
+    guidance_scale: float | None = None,
 ) -> list[Written]:
     """Draw the file's markups CHUNK at a time (line ``i`` as example 0 of ``seed + i``) and
     write each one's image and GIF to ``paths[i]`` as its chunk is done."""
@@ -227,6 +242,7 @@ def _draw_chunks(
                     progress, sum(batches[:number]) * n_steps, sum(batches) * n_steps
                 ),
                 eps_scale=eps_scale,
+                guidance_scale=guidance_scale,
             )
             for k, image in enumerate(drawing.images):
                 frames = drawing.frames[k] if gifs else None

@@ -24,6 +24,7 @@ from markup2im.cuda import configure_cuda
 from markup2im.data.datasets import DatasetInfo, load_split, read_dataset_info
 from markup2im.eps_scaling import EpsScale, EpsScaleLike, parse_eps_scale
 from markup2im.errors import ConfigError, DataError
+from markup2im.guidance import check_guidance_scale, guided
 from markup2im.images import load_image
 from markup2im.model import Markup2ImModel
 from markup2im.names import SAMPLERS
@@ -81,6 +82,7 @@ def generate(
     channels_last: bool = False,
     tf32: bool = True,
     eps_scale: EpsScaleLike = None,
+    guidance_scale: float | None = None,
 ) -> GenerateResult:
     """Generate the first ``limit`` examples of a split: images, gold images and frames.
 
@@ -93,10 +95,12 @@ def generate(
     ``precision`` (fp32, bf16) and ``channels_last`` are the pipeline's speed options; on CUDA
     TF32 matmuls and cuDNN autotuning are enabled unless ``tf32`` is false (what batch invariance
     holds then: :mod:`markup2im.sampling`). ``eps_scale`` is the sampler's epsilon scaling
-    (:mod:`markup2im.eps_scaling`; None or 1: none).
+    (:mod:`markup2im.eps_scaling`; None or 1: none), ``guidance_scale`` its classifier-free
+    guidance (:mod:`markup2im.guidance`; None or 1: none).
     """
     check_settings(sampler, batch_size, limit, frames_every, precision)
     scaling = parse_eps_scale(eps_scale)
+    guidance = None if guidance_scale is None else check_guidance_scale(guidance_scale)
     started = time.perf_counter()
     dirs = OutputDirs.under(output_dir)
     examples = read_examples(dataset_dir, split, limit, only, frames_for, frames_every)
@@ -104,12 +108,13 @@ def generate(
     check_sizes(pipe.model, examples.info, model_dir, dataset_dir)
     dirs.clear()
     logger.info(
-        "generating %d %s images with %s (%d steps%s) on %s, batch %d, %s%s",
+        "generating %d %s images with %s (%d steps%s%s) on %s, batch %d, %s%s",
         len(examples.positions),
         split,
         sampler,
         pipe.num_steps(sampler, num_inference_steps),
         "" if scaling is None or scaling.identity else f", eps scale {scaling}",
+        f", guidance scale {guidance:g}" if guided(guidance) else "",
         pipe.model.device,
         batch_size,
         precision,
@@ -126,6 +131,7 @@ def generate(
         batch_size=batch_size,
         precision=precision,
         eps_scale=scaling,
+        guidance_scale=guidance,
     )
     seconds = time.perf_counter() - started
     count = len(examples.positions)
@@ -253,6 +259,7 @@ def draw_examples(
     batch_size: int,
     precision: str,
     eps_scale: EpsScale | None = None,
+    guidance_scale: float | None = None,
 ) -> None:
     """Draw the examples batch by batch, writing frames as they come, then each batch's gold
     and drawn images."""
@@ -271,6 +278,7 @@ def draw_examples(
             progress=progress,
             precision=precision,
             eps_scale=eps_scale,
+            guidance_scale=guidance_scale,
         )
         for batch in batches:
             write_batch(batch, examples, dirs)

@@ -97,6 +97,7 @@ class Markup2ImModel(nn.Module):
         max_markup_length: int | None = None,
         prediction_type: str = "epsilon",
         end_rule: str | None = None,
+        attention_from: int | None = None,
     ) -> Markup2ImModel:
         """A freshly initialised model (denoiser from the current torch seed).
 
@@ -105,9 +106,11 @@ class Markup2ImModel(nn.Module):
         ``prediction_type`` (epsilon, the paper's; v_prediction; sample) is what the denoiser
         outputs; it is saved in the scheduler config, which every sampler reads.
         ``end_rule`` (``original``, ``single``; None: the encoder's default) says how a markup's
-        token ids end: see :mod:`markup2im.models.encoder`.
+        token ids end: see :mod:`markup2im.models.encoder`. ``attention_from`` N puts
+        cross-attention at every level of at most 1/N of the image side (None: the preset's
+        levels); the denoiser's config.json records the levels.
         """
-        preset = get_model_preset(model_preset)
+        preset = get_model_preset(model_preset).with_attention_from(attention_from)
         preset.check_image_size(height, width)
         length = preset.max_markup_length if max_markup_length is None else int(max_markup_length)
         enc = MarkupEncoder.load(encoder, length, end_rule=end_rule)

@@ -39,6 +39,7 @@ from PIL import Image
 
 from markup2im.eps_scaling import EpsScaleLike, parse_eps_scale
 from markup2im.errors import ConfigError
+from markup2im.guidance import check_guidance_scale
 from markup2im.images import tensor_to_image
 from markup2im.model import Markup2ImModel
 from markup2im.sampling import (
@@ -131,6 +132,7 @@ class Markup2ImPipeline:
         progress: Progress | None = None,
         precision: str = "fp32",
         eps_scale: EpsScaleLike = None,
+        guidance_scale: float | None = None,
     ) -> Iterator[Drawing]:
         """Draw ``markups`` (one string or a list) at the model's size and colour mode, one batch
         of ``batch_size`` markups at a time (each Drawing's ``start`` says where in ``markups``):
@@ -148,7 +150,9 @@ class Markup2ImPipeline:
         denoiser under bf16 autocast (close to but not bit-identical with fp32). ``eps_scale``
         is epsilon scaling (:mod:`markup2im.eps_scaling`): 1.01, ``{"k": ..., "b": ...}`` or
         ``"k=...,b=..."`` divides the predicted noise by ``lambda_t = k t + b``; None or 1 is
-        the plain sampler.
+        the plain sampler. ``guidance_scale`` w is classifier-free guidance
+        (:mod:`markup2im.guidance`, for models trained with markup dropout): None or 1 is the
+        plain sampler.
         """
         # 1. the markups, each one's noise, and the settings
         items = [markups] if isinstance(markups, str) else [str(m) for m in markups]
@@ -159,6 +163,8 @@ class Markup2ImPipeline:
             )
         check_precision(precision)
         scaling = parse_eps_scale(eps_scale)
+        if guidance_scale is not None:
+            guidance_scale = check_guidance_scale(guidance_scale)
         per_batch = self.num_steps(sampler, steps)
         kept_steps = sorted(frame_steps(per_batch, frames_every))
         wanted = [True] * len(items) if frames_for is None else list(frames_for)
@@ -185,6 +191,7 @@ class Markup2ImPipeline:
                     precision=precision,
                     channels_last=self.channels_last,
                     eps_scale=scaling,
+                    guidance_scale=guidance_scale,
                 )
                 images = [tensor_to_image(x) for x in result]
                 yield Drawing(images, frames.kept, kept_steps, start)

@@ -13,6 +13,11 @@ depend on the batch size or its position in the batch (the original reseeded the
 every batch). Frames are the clipped x0 predictions of every k-th step (step 0 = first denoising
 step) plus the last step.
 
+Classifier-free guidance (``guidance_scale`` w, :mod:`markup2im.guidance`) works with every sampler
+and prediction type: each step runs the denoiser on the markup and on the empty markup and uses
+``uncond + w (cond - uncond)``; w = 1 skips the second pass and is the plain sampler bit for bit.
+Guidance comes first, then epsilon scaling.
+
 Epsilon scaling (``eps_scale``, :mod:`markup2im.eps_scaling`) works with every sampler and
 prediction type: each step's output has the noise it implies divided by ``lambda_t`` (the step's
 training timestep t) before the frames and the scheduler step use it.
@@ -59,6 +64,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from markup2im.diffusion import NoiseSchedule, plain_config
 from markup2im.eps_scaling import EpsScale
 from markup2im.errors import ConfigError
+from markup2im.guidance import UNCONDITIONAL_MARKUP, check_guidance_scale, guide, guided
 from markup2im.names import DEFAULT_STEPS, PRECISIONS, SAMPLERS
 
 # the autocast dtype of each of names.PRECISIONS (None: plain fp32)
@@ -187,6 +193,29 @@ def check_eps_scale(eps_scale: EpsScale | None, timesteps: torch.Tensor) -> EpsS
     return eps_scale
 
 
+class Conditioning:
+    """One batch's markup states, and the empty markup's when the sampler guides: the
+    denoiser's (guided) output for a step."""
+
+    def __init__(
+        self, model: SamplingModel, markups: Sequence[str], guidance_scale: float | None = None
+    ) -> None:
+        self.model = model
+        self.hidden, self.mask = model.encode(list(markups))
+        self.scale = None
+        if guided(guidance_scale):
+            self.scale = check_guidance_scale(guidance_scale)
+            self.null_hidden, self.null_mask = model.encode([UNCONDITIONAL_MARKUP] * len(markups))
+
+    def output(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The denoiser's output (fp32) for ``x`` at ``timesteps``, guided when asked for."""
+        output = self.model(x, timesteps, self.hidden, self.mask).float()
+        if self.scale is None:
+            return output
+        uncond = self.model(x, timesteps, self.null_hidden, self.null_mask).float()
+        return guide(output, uncond, self.scale)
+
+
 @torch.no_grad()
 def sample(
     model: SamplingModel,
@@ -202,6 +231,7 @@ def sample(
     precision: str = "fp32",
     channels_last: bool = False,
     eps_scale: EpsScale | None = None,
+    guidance_scale: float | None = None,
 ) -> torch.Tensor:
     """Final samples (B, C, H, W) on the CPU for ``markups``, one generator per example.
 
@@ -211,7 +241,8 @@ def sample(
     The noise, the scheduler steps and the result are fp32 either way. ``eps_scale`` (epsilon
     scaling, :mod:`markup2im.eps_scaling`) divides the noise of every step's output by
     ``lambda_t`` before the frames and the scheduler step see it; None or the identity is the
-    plain sampler, bit for bit.
+    plain sampler, bit for bit. ``guidance_scale`` w (classifier-free guidance,
+    :mod:`markup2im.guidance`) comes before it; None or 1 is the plain sampler, bit for bit.
     """
     if len(generators) != len(markups):
         raise ValueError(f"{len(markups)} markups but {len(generators)} generators")
@@ -220,7 +251,7 @@ def sample(
     scaling = check_eps_scale(eps_scale, scheduler.timesteps)
     schedule = NoiseSchedule.from_scheduler_config(model.scheduler_config)
     device = next(model.denoiser.parameters()).device
-    hidden, mask = model.encode(list(markups))
+    conditioning = Conditioning(model, markups, guidance_scale)
     shape = (len(markups), model.channels, model.height, model.width)
     x = randn_tensor(shape, generator=list(generators), device=device, dtype=torch.float32)
     x = x * scheduler.init_noise_sigma
@@ -236,8 +267,8 @@ def sample(
         timesteps = torch.full((len(markups),), int(t), device=device, dtype=torch.long)
         model_input = scheduler.scale_model_input(x, t).contiguous(memory_format=memory_format)
         with autocast:
-            output = model(model_input, timesteps, hidden, mask)
-        output = output.float().contiguous()
+            output = conditioning.output(model_input, timesteps)
+        output = output.contiguous()
         if scaling is not None:
             lambdas = scaling.at(timesteps.to(torch.float64))
             output = schedule.scale_noise(x, output, timesteps, lambdas)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from markup2im.cli.generate import add_eps_scale_flag
+from markup2im.cli.generate import add_sampler_adjustment_flags
 from markup2im.cli.paths import output_dir, output_file, positive_int
 from markup2im.names import SAMPLERS
 
@@ -62,7 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="denoising steps (default: all 1000 for ddpm, 50 for ddim, 20 for dpmsolver++)",
     )
     p.add_argument("--seed", type=non_negative_int, default=0, help="noise seed (default: 0)")
-    add_eps_scale_flag(p)
+    add_sampler_adjustment_flags(p)
     p.add_argument(
         "--batch-size", type=positive_int, default=8, help="markups sampled together (default: 8)"
     )
@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             eps_scale=args.eps_scale,
+            guidance_scale=args.guidance_scale,
         )
     else:
         if args.output_dir is not None or args.gifs:
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             eps_scale=args.eps_scale,
+            guidance_scale=args.guidance_scale,
         )
     for item in written:
         print(f"wrote {item}")

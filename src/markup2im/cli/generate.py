@@ -8,6 +8,7 @@ from pathlib import Path
 from markup2im.cli.paths import output_dir, positive_int
 from markup2im.eps_scaling import EpsScale
 from markup2im.errors import ConfigError
+from markup2im.guidance import check_guidance_scale
 from markup2im.names import PRECISIONS, SAMPLERS
 
 EPS_SCALE_FLAG = "--eps-scale"
@@ -31,10 +32,27 @@ def eps_scale_flag(text: str) -> EpsScale:
         raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{EPS_SCALE_FLAG}: ")) from None
 
 
-def add_eps_scale_flag(parser: argparse.ArgumentParser) -> None:
-    """``--eps-scale``, shared by ``generate`` and ``draw``."""
+def guidance_scale_flag(text: str) -> float:
+    """``--guidance-scale``: a number >= 0."""
+    try:
+        return check_guidance_scale(float(text), "guidance scale")
+    except (ConfigError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from exc
+
+
+def add_sampler_adjustment_flags(parser: argparse.ArgumentParser) -> None:
+    """``--eps-scale`` and ``--guidance-scale``, shared by ``generate`` and ``draw``."""
     parser.add_argument(
         EPS_SCALE_FLAG, type=eps_scale_flag, default=None, metavar="TEXT", help=EPS_SCALE_HELP
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=guidance_scale_flag,
+        default=None,
+        metavar="W",
+        help="classifier-free guidance for models trained with --markup-dropout: each step's "
+        "output is uncond + W (cond - uncond), the unconditional pass on the empty markup; "
+        "default 1, the plain sampler",
     )
 
 
@@ -88,7 +106,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="bf16 runs the denoiser under autocast (GPUs: faster; images differ slightly)",
     )
     p.add_argument("--channels-last", action="store_true", help="NHWC weights and images (GPUs)")
-    add_eps_scale_flag(p)
+    add_sampler_adjustment_flags(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.set_defaults(func=run)
 
@@ -114,5 +132,6 @@ def run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         device=args.device,
         eps_scale=args.eps_scale,
+        guidance_scale=args.guidance_scale,
     )
     return 0

@@ -159,6 +159,7 @@ class MarkupUNet(ModelMixin, ConfigMixin):
         norm_num_groups: int = 32,
         cross_attention_dim: int = 768,
         max_text_positions: int = 1025,
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
         block_out_channels = tuple(block_out_channels)
@@ -167,12 +168,14 @@ class MarkupUNet(ModelMixin, ConfigMixin):
         n = len(block_out_channels)
         if len(attention_levels) != n:
             raise ConfigError("attention_levels and block_out_channels must have the same length")
-        factor = 2 ** (n - 1)
-        if height % factor or width % factor:
+        factor = patch_size * 2 ** (n - 1)
+        if patch_size < 1 or height % factor or width % factor:
             raise ConfigError(
-                f"a {n}-level UNet needs height and width divisible by {factor}; got {width}x{height}"
+                f"a {n}-level UNet on {patch_size}x{patch_size} patches needs height and width "
+                f"divisible by {factor}; got {width}x{height}"
             )
-        sizes = [(height // 2**i, width // 2**i) for i in range(n)]
+        sizes = [(height // (patch_size * 2**i), width // (patch_size * 2**i)) for i in range(n)]
+        self.patch_size = patch_size
 
         def attention(level: int) -> dict:
             rows, cols = sizes[level]
@@ -187,7 +190,7 @@ class MarkupUNet(ModelMixin, ConfigMixin):
 
         c0 = block_out_channels[0]
         temb = 4 * c0
-        self.conv_in = nn.Conv2d(in_channels, c0, kernel_size=3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * patch_size**2, c0, kernel_size=3, padding=1)
         self.time_proj = Timesteps(c0, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(c0, temb)
 
@@ -236,7 +239,7 @@ class MarkupUNet(ModelMixin, ConfigMixin):
 
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, c0, eps=RESNET_EPS)
         self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(c0, out_channels, kernel_size=3, padding=1)
+        self.conv_out = nn.Conv2d(c0, out_channels * patch_size**2, kernel_size=3, padding=1)
 
     @classmethod
     def from_preset(
@@ -264,6 +267,7 @@ class MarkupUNet(ModelMixin, ConfigMixin):
             norm_num_groups=preset.norm_num_groups,
             cross_attention_dim=cross_attention_dim,
             max_text_positions=max_text_positions,
+            patch_size=preset.patch_size,
         )
 
     def forward(
@@ -284,6 +288,8 @@ class MarkupUNet(ModelMixin, ConfigMixin):
         temb = self.time_embedding(t_emb)
 
         ctx, mask = encoder_hidden_states, encoder_attention_mask
+        if self.patch_size > 1:
+            sample = nn.functional.pixel_unshuffle(sample, self.patch_size)
         x = self.conv_in(sample)
         skips = [x]
         for level in self.down_levels:
@@ -292,5 +298,7 @@ class MarkupUNet(ModelMixin, ConfigMixin):
         x = self.mid_block(x, temb, ctx, mask)
         for level in self.up_levels:
             x = level(x, skips, temb, ctx, mask)
-        x = self.conv_act(self.conv_norm_out(x))
-        return self.conv_out(x)
+        x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
+        if self.patch_size > 1:
+            x = nn.functional.pixel_shuffle(x, self.patch_size)
+        return x

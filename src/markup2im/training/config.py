@@ -56,6 +56,18 @@ class TrainConfig:
     train_encoder: bool = setting(
         False, "train the markup encoder with the denoiser (the paper keeps it frozen)"
     )
+    attention_from: int | None = setting(
+        None,
+        "cross-attention at every level of at most 1/N of the image side, N a power of two "
+        "(default: the model preset's levels; small: 8)",
+        metavar="N",
+    )
+    markup_dropout: float | None = setting(
+        None,
+        "classifier-free guidance's training half: each example's markup is replaced by the "
+        "empty markup with this probability (about 0.1; default: never, as in the paper)",
+        metavar="P",
+    )
     snr_gamma: float | None = setting(
         None, "min-SNR-gamma loss weighting (e.g. 5); default: plain MSE as in the paper"
     )
@@ -155,6 +167,11 @@ class TrainConfig:
             math.isfinite(self.snr_gamma) and self.snr_gamma > 0
         ):
             raise ConfigError(f"train: snr_gamma must be a positive number, got {self.snr_gamma}")
+        dropout = self.markup_dropout
+        if dropout is not None and not (math.isfinite(dropout) and 0 <= dropout < 1):
+            raise ConfigError(
+                f"train: markup_dropout must lie in [0, 1), got {self.markup_dropout}"
+            )
         if self.ip_gamma is not None and not (math.isfinite(self.ip_gamma) and self.ip_gamma >= 0):
             raise ConfigError(f"train: ip_gamma must be a number >= 0, got {self.ip_gamma}")
         if not 0 < self.ema_decay < 1:

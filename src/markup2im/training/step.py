@@ -157,6 +157,41 @@ class PerProcessWarmup:
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
 
 
+class MarkupDropout:
+    """Classifier-free guidance's training half (:mod:`markup2im.guidance`): each example's
+    markup states become the empty markup's with probability ``p``.
+
+    The draws come from a generator of their own, reseeded every step (:meth:`reseed`), so the
+    training method's randomness (t, m, the noise) is the same with and without dropout.
+    ``encode_empty`` encodes the empty markup anew at each use: a trained encoder changes it.
+    """
+
+    def __init__(
+        self, p: float, encode_empty: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        self.p, self.encode_empty = p, encode_empty
+        self.generator = torch.Generator()
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def __call__(
+        self, hidden: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's states (B, L, D) and mask (B, L) with the dropped rows replaced (both
+        padded to the longer of the batch and the empty markup)."""
+        drop = torch.rand(hidden.shape[0], generator=self.generator) < self.p
+        if not bool(drop.any()):
+            return hidden, mask
+        null_hidden, null_mask = self.encode_empty()
+        length = max(hidden.shape[1], null_hidden.shape[1])
+        hidden, mask = pad_markup(hidden, mask, length)
+        null_hidden, null_mask = pad_markup(null_hidden, null_mask, length)
+        rows = drop.to(hidden.device)
+        hidden = torch.where(rows[:, None, None], null_hidden.to(hidden.dtype), hidden)
+        return hidden, torch.where(rows[:, None], null_mask.to(mask.device), mask)
+
+
 class BoundDenoiser:
     """The denoiser with one batch's markup states bound: ``(x_t, t) -> output``, the form a
     training method calls (:data:`markup2im.scheduled_sampling.EpsModel`)."""

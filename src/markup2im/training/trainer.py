@@ -60,6 +60,7 @@ from markup2im.cuda import configure_cuda
 from markup2im.data.datasets import DatasetInfo, dataset_fingerprint, load_split, read_dataset_info
 from markup2im.diffusion import NoiseSchedule
 from markup2im.errors import ConfigError, DataError, TrainingDivergedError
+from markup2im.guidance import UNCONDITIONAL_MARKUP
 from markup2im.model import Markup2ImModel
 from markup2im.presets import DOMAINS
 from markup2im.scheduled_sampling import StepInputs, step_loss
@@ -86,6 +87,7 @@ from markup2im.training.methods import build_method
 from markup2im.training.step import (
     BoundDenoiser,
     EncoderCache,
+    MarkupDropout,
     adamw_options,
     all_finite,
     bucket_length,
@@ -95,6 +97,9 @@ from markup2im.training.step import (
     pad_markup,
 )
 from markup2im.training.stopping import Deadline, StopFlag, TrainingInterrupted, check_process_group
+
+# the last part of the seed of a step's markup-dropout draws (a stream apart from the step's own)
+DROPOUT = 1
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +193,7 @@ class Trainer:
             channels=info.channels,
             max_markup_length=config.max_markup_length,
             prediction_type=config.prediction_type,
+            attention_from=config.attention_from,
         )
         model.domain = info.domain  # recorded with the model (the demo shows its examples)
         model.encoder.set_trainable(config.train_encoder)
@@ -237,9 +243,16 @@ class Trainer:
         self.cache = None
         if config.cache_encoder:
             self.cache = EncoderCache(self._encode_tokens)
+        self.dropout = None
+        if config.markup_dropout:
+            self.dropout = MarkupDropout(config.markup_dropout, self._encode_empty)
 
     def _encode_tokens(self, input_ids: torch.Tensor, mask: torch.Tensor) -> Any:
         return encode_tokens(self.model.encoder, input_ids, mask)
+
+    def _encode_empty(self) -> Any:
+        """The states of the empty markup (classifier-free guidance's unconditional input)."""
+        return self._encode_tokens(*self.model.encoder.tokenize([UNCONDITIONAL_MARKUP]))
 
     # -- the loop -------------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -292,6 +305,8 @@ class Trainer:
         step_seed = derive_seed(config.seed, self.rank, state.global_step)
         generator = torch.Generator().manual_seed(step_seed)
         device_generator = noise_generator(step_seed, self.device)
+        if self.dropout is not None:
+            self.dropout.reseed(derive_seed(config.seed, self.rank, state.global_step, DROPOUT))
         fraction = state.global_step / self.total_steps
         lr = float(self.lr_scheduler.get_last_lr()[0])
         loss_sum = torch.zeros((), device=self.device)
@@ -345,6 +360,8 @@ class Trainer:
                 hidden, mask = self.cache(batch)
             else:
                 hidden, mask = encode_tokens(self.model.encoder, batch.input_ids, batch.mask)
+            if self.dropout is not None:
+                hidden, mask = self.dropout(hidden, mask)
         if self.config.compile:
             hidden, mask = pad_markup(
                 hidden, mask, bucket_length(hidden.shape[1], self.markup_limit)

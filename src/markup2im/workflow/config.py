@@ -29,6 +29,7 @@ from markup2im.names import (
     PRECISIONS,
     SAMPLERS,
 )
+from markup2im.presets import MODEL_PRESETS, get_model_preset
 from markup2im.training.config import TrainConfig
 from markup2im.workflow.encoders import is_local_encoder
 
@@ -40,6 +41,7 @@ REGISTERED_NAMES: dict[str, tuple[str, ...] | int] = {
     "DOMAINS": DOMAINS,
     "PRECISIONS": PRECISIONS,
     "MAX_CANVAS_SIDE": MAX_CANVAS_SIDE,
+    "MODEL_PRESETS": tuple(MODEL_PRESETS),
 }
 NAMES_MARKER = "from_names"
 
@@ -200,6 +202,7 @@ def check_config(cfg: dict) -> None:
             )
     check_method_settings(cfg)
     check_eps_scales(cfg["samplers"])
+    check_attention(cfg["datasets"])
 
 
 def check_method_settings(cfg: dict) -> None:
@@ -227,6 +230,16 @@ def check_eps_scales(samplers: Mapping[str, dict]) -> None:
                 EpsScale.parse(sampler["eps_scale"], key=f"samplers.{name}.eps_scale")
             except ConfigError as exc:
                 raise ConfigError(f"config: {exc}") from None
+
+
+def check_attention(datasets: Mapping[str, dict]) -> None:
+    """Each dataset's ``model.attention_from`` fits its preset's levels."""
+    for name, ds in datasets.items():
+        model = ds["model"]
+        try:
+            get_model_preset(model["preset"]).with_attention_from(model["attention_from"])
+        except ConfigError as exc:
+            raise ConfigError(f"config: datasets.{name}.model: {exc}") from None
 
 
 def input_paths(cfg: dict) -> Iterator[tuple[str, str, str]]:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from markup2im.eps_scaling import EpsScale
+from markup2im.guidance import guided
 from markup2im.names import METHODS
 
 # `train:` keys that only say how training runs, not what it makes: resources, not params.
@@ -95,6 +96,7 @@ def train_flags(
         "max_markup_length": model["max_markup_length"],
         "prediction_type": model["prediction_type"],
         "train_encoder": model["train_encoder"],
+        "attention_from": model["attention_from"],
         # sorted: the order of the config's keys must not change the flags (a rerun trigger)
         **{k: v for k, v in sorted(train.items()) if k not in TRAIN_RUNTIME_KEYS},
         # other settings or data: set the old checkpoints aside and train from scratch
@@ -136,7 +138,7 @@ def import_flags(domain: str, model: Mapping[str, Any], encoder: str) -> str:
 
 def sample_flags(generate: Mapping[str, Any], sampler: Mapping[str, Any]) -> str:
     """Flags of `markup2im generate` that decide the images (split, limit, sampler, seed,
-    epsilon scaling).
+    guidance and epsilon scaling).
 
     The batch size is left out: a resource, since the images do not depend on it.
     """
@@ -149,6 +151,10 @@ def sample_flags(generate: Mapping[str, Any], sampler: Mapping[str, Any]) -> str
             "seed": generate["seed"],
             "precision": generate["precision"] if generate["precision"] != "fp32" else None,
             "eps_scale": eps_scale_flag(sampler["eps_scale"]),
+            # the plain sampler's 1 gives no flag, so that it reruns nothing
+            "guidance_scale": None
+            if not guided(sampler["guidance_scale"])
+            else sampler["guidance_scale"],
         }
     )
 
