@@ -324,9 +324,9 @@ def test_default_config_plans_the_whole_dag(tmp_path: Path) -> None:
     for c in (c for c in commands if "markup2im train" in c):
         assert c.startswith("OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 accelerate launch ")
         assert "--num_cpu_threads_per_process 1 --cpu --num_processes 1" in c
-        assert "--model-preset small --encoder offline" in c
+        assert "--model-preset small-p2 --encoder offline" in c
         assert (
-            "--checkpoint-every 200 --checkpoints-total-limit 2 --log-every 10 --num-workers 0"
+            "--checkpoint-every 400 --checkpoints-total-limit 2 --log-every 10 --num-workers 0"
             " --walltime-margin 300"
         ) in c
     generate = [c for c in commands if "markup2im generate" in c]

@@ -374,27 +374,7 @@ def build_app(demo: Demo) -> Any:
         examples = demo.examples()
         if examples:
             gr.Examples([[m] for m in examples], inputs=[markup], label="Examples")
-        with gr.Row():
-            sampler = gr.Dropdown(list(SAMPLERS), value="ddim", label="Sampler")
-            steps = gr.Slider(
-                1, train_steps, value=DEFAULT_STEPS["ddim"], step=1, label="Denoising steps"
-            )
-            seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-            # no minimum: a value <= 0 gets the library's message in the page
-            eps_scale = gr.Number(
-                1.0,
-                label="Eps scale",
-                step=0.001,
-                info="divides the predicted noise (1: the plain sampler; the paper's 1.004-1.017)",
-                elem_id="m2i-eps-scale",
-            )
-            guidance_scale = gr.Number(
-                NO_GUIDANCE,
-                label="Guidance scale",
-                step=0.5,
-                info="classifier-free guidance for models trained with markup dropout (1: none)",
-                elem_id="m2i-guidance-scale",
-            )
+        sampler, steps, seed, eps_scale, guidance_scale = _sampler_controls(gr, train_steps)
         button = gr.Button("Draw", variant="primary", elem_id="m2i-draw")
         status = gr.HTML(elem_id="m2i-status")
         with gr.Row():
@@ -425,6 +405,32 @@ def build_app(demo: Demo) -> Any:
 
 # Gradio's routes that store a file sent by a visitor (then served back by /gradio_api/file=)
 UPLOAD_ROUTES = frozenset({"upload", "process_recording"})
+
+
+def _sampler_controls(gr: Any, train_steps: int) -> tuple[Any, ...]:
+    """The row of sampler settings: sampler, steps, seed, eps scale and guidance scale."""
+    with gr.Row():
+        sampler = gr.Dropdown(list(SAMPLERS), value="ddim", label="Sampler")
+        steps = gr.Slider(
+            1, train_steps, value=DEFAULT_STEPS["ddim"], step=1, label="Denoising steps"
+        )
+        seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+        # no minimum: a value <= 0 gets the library's message in the page
+        eps_scale = gr.Number(
+            1.0,
+            label="Eps scale",
+            step=0.001,
+            info="divides the predicted noise (1: the plain sampler; the paper's 1.004-1.017)",
+            elem_id="m2i-eps-scale",
+        )
+        guidance_scale = gr.Number(
+            NO_GUIDANCE,
+            label="Guidance scale",
+            step=0.5,
+            info="classifier-free guidance for models trained with markup dropout (1: none)",
+            elem_id="m2i-guidance-scale",
+        )
+    return sampler, steps, seed, eps_scale, guidance_scale
 
 
 class RefuseUploads:

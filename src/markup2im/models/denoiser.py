@@ -163,83 +163,86 @@ class MarkupUNet(ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         block_out_channels = tuple(block_out_channels)
-        attention_levels = tuple(attention_levels)
-        out_channels = out_channels or in_channels
-        n = len(block_out_channels)
-        if len(attention_levels) != n:
+        sizes = self._level_sizes(height, width, len(block_out_channels), patch_size)
+        if len(attention_levels) != len(block_out_channels):
             raise ConfigError("attention_levels and block_out_channels must have the same length")
-        factor = patch_size * 2 ** (n - 1)
-        if patch_size < 1 or height % factor or width % factor:
-            raise ConfigError(
-                f"a {n}-level UNet on {patch_size}x{patch_size} patches needs height and width "
-                f"divisible by {factor}; got {width}x{height}"
-            )
-        sizes = [(height // (patch_size * 2**i), width // (patch_size * 2**i)) for i in range(n)]
         self.patch_size = patch_size
-
-        def attention(level: int) -> dict:
-            rows, cols = sizes[level]
-            return {
-                "num_heads": num_heads,
-                "cross_attention_dim": cross_attention_dim,
-                "max_rows": rows,
-                "max_cols": cols,
-                "max_text_positions": max_text_positions,
-                "norm_num_groups": norm_num_groups,
-            }
+        shared = {"num_heads": num_heads, "cross_attention_dim": cross_attention_dim,
+                  "max_text_positions": max_text_positions, "norm_num_groups": norm_num_groups}  # fmt: skip
+        attention = [{**shared, "max_rows": rows, "max_cols": cols} for rows, cols in sizes]
+        levels = [a if on else None for a, on in zip(attention, attention_levels, strict=True)]
 
         c0 = block_out_channels[0]
         temb = 4 * c0
         self.conv_in = nn.Conv2d(in_channels * patch_size**2, c0, kernel_size=3, padding=1)
         self.time_proj = Timesteps(c0, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(c0, temb)
+        shape = (temb, layers_per_block, norm_num_groups)
+        skip_channels = self._build_down(block_out_channels, levels, *shape)
+        self.mid_block = MidBlock(
+            block_out_channels[-1], temb, norm_num_groups, attention[-1] if mid_attention else None
+        )
+        self._build_up(block_out_channels, levels, skip_channels, *shape)
+        self.conv_norm_out = nn.GroupNorm(norm_num_groups, c0, eps=RESNET_EPS)
+        self.conv_act = nn.SiLU()
+        out_channels = out_channels or in_channels
+        self.conv_out = nn.Conv2d(c0, out_channels * patch_size**2, kernel_size=3, padding=1)
 
+    @staticmethod
+    def _level_sizes(
+        height: int, width: int, levels: int, patch_size: int
+    ) -> list[tuple[int, int]]:
+        """(rows, cols) of each level's feature map; ConfigError unless every level divides."""
+        factor = patch_size * 2 ** (levels - 1)
+        if patch_size < 1 or height % factor or width % factor:
+            raise ConfigError(
+                f"a {levels}-level UNet on {patch_size}x{patch_size} patches needs height and "
+                f"width divisible by {factor}; got {width}x{height}"
+            )
+        return [
+            (height // (patch_size * 2**i), width // (patch_size * 2**i)) for i in range(levels)
+        ]
+
+    def _build_down(
+        self, channels: tuple[int, ...], attention: list[dict | None], temb: int, layers: int,
+        groups: int,
+    ) -> list[int]:  # fmt: skip
+        """The down path; returns the channels of the skip tensors it leaves for the up path."""
         self.down_levels = nn.ModuleList()
-        skip_channels = [c0]
-        prev = c0
-        for i, ch in enumerate(block_out_channels):
-            last = i == n - 1
+        skip_channels = [channels[0]]
+        prev = channels[0]
+        for i, ch in enumerate(channels):
+            last = i == len(channels) - 1
             self.down_levels.append(
                 DownLevel(
-                    prev,
-                    ch,
-                    temb,
-                    layers_per_block,
-                    norm_num_groups,
-                    add_downsample=not last,
-                    attention=attention(i) if attention_levels[i] else None,
-                )
+                    prev, ch, temb, layers, groups, add_downsample=not last, attention=attention[i]
+                )  # fmt: skip
             )
-            skip_channels += [ch] * (layers_per_block + (0 if last else 1))
+            skip_channels += [ch] * (layers + (0 if last else 1))
             prev = ch
+        return skip_channels
 
-        self.mid_block = MidBlock(
-            block_out_channels[-1],
-            temb,
-            norm_num_groups,
-            attention(n - 1) if mid_attention else None,
-        )
-
+    def _build_up(
+        self, channels: tuple[int, ...], attention: list[dict | None], skip_channels: list[int],
+        temb: int, layers: int, groups: int,
+    ) -> None:  # fmt: skip
+        """The up path, each level taking its skip tensors from the end of ``skip_channels``."""
         self.up_levels = nn.ModuleList()
-        for i in reversed(range(n)):
-            ch = block_out_channels[i]
-            skips = [skip_channels.pop() for _ in range(layers_per_block + 1)]
+        prev = channels[-1]
+        for i in reversed(range(len(channels))):
+            skips = [skip_channels.pop() for _ in range(layers + 1)]
             self.up_levels.append(
                 UpLevel(
                     prev,
-                    ch,
+                    channels[i],
                     skips,
                     temb,
-                    norm_num_groups,
+                    groups,
                     add_upsample=i > 0,
-                    attention=attention(i) if attention_levels[i] else None,
-                )
+                    attention=attention[i],
+                )  # fmt: skip
             )
-            prev = ch
-
-        self.conv_norm_out = nn.GroupNorm(norm_num_groups, c0, eps=RESNET_EPS)
-        self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(c0, out_channels * patch_size**2, kernel_size=3, padding=1)
+            prev = channels[i]
 
     @classmethod
     def from_preset(
