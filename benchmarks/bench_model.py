@@ -58,7 +58,9 @@ STAND_IN = "stand-in"  # a random encoder with gpt-neo-125M's shape (768 wide), 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="small", help="model preset (small, tiny, paper)")
+    p.add_argument("--preset", default="small", help="model preset (small, small-p2, tiny, paper)")
+    p.add_argument("--attention-from", type=int, default=None, metavar="N",
+                   help="cross-attention from 1/N of the image side (default: the preset's)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width", type=int, default=64)
@@ -148,8 +150,9 @@ def build_model(args: argparse.Namespace) -> Markup2ImModel:
             height=args.height,
             width=args.width,
             channels=args.channels,
+            attention_from=args.attention_from,
         )
-    preset = get_model_preset(args.preset)
+    preset = get_model_preset(args.preset).with_attention_from(args.attention_from)
     encoder = MarkupEncoder.build_stand_in(preset.max_markup_length)
     denoiser = MarkupUNet.from_preset(
         preset,

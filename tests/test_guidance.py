@@ -140,6 +140,7 @@ def test_a_model_trained_with_markup_dropout_is_steered_by_the_guidance_scale(
                   train_encoder=True, prediction_type="sample")  # fmt: skip
     train(config)
     pipe = Markup2ImPipeline.from_pretrained(tmp_path / "run" / "model", device="cpu")
+    assert pipe.model.markup_dropout == 0.3  # recorded with the model
 
     def images(**guidance: float) -> np.ndarray:
         drawn = pipe(MARKUPS, sampler="ddim", steps=4, seed=2, **guidance).images
@@ -186,3 +187,28 @@ def test_attention_from_chooses_the_levels_and_is_saved_with_the_model(tmp_path:
 def test_attention_from_outside_the_presets_levels_is_refused(factor) -> None:
     with pytest.raises(ConfigError, match="attention_from must be one of 1, 2, 4, 8, 16"):
         get_model_preset("small").with_attention_from(factor)
+
+
+def test_guiding_a_model_trained_without_markup_dropout_warns(model, caplog) -> None:
+    pipe = Markup2ImPipeline(model)
+    assert model.markup_dropout is None
+    with caplog.at_level("WARNING", logger="markup2im.pipeline"):
+        pipe(MARKUPS[:1], steps=2, guidance_scale=1)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="markup2im.pipeline"):
+        pipe(MARKUPS[:1], steps=2, guidance_scale=2)
+    assert "trained without markup dropout" in caplog.text
+
+
+def test_a_bad_markup_dropout_in_the_model_record_names_the_file(tmp_path: Path) -> None:
+    import json
+
+    from markup2im.errors import ModelError
+    from markup2im.model import MODEL_RECORD
+
+    directory = save_untrained_model(tmp_path / "model")
+    record = json.loads((directory / MODEL_RECORD).read_text())
+    assert "markup_dropout" not in record  # a model trained without it records nothing
+    (directory / MODEL_RECORD).write_text(json.dumps({**record, "markup_dropout": 1.5}))
+    with pytest.raises(ModelError, match=r"markup2im_model.json: markup_dropout must lie in"):
+        Markup2ImModel.from_pretrained(directory)

@@ -75,6 +75,7 @@ class Markup2ImModel(nn.Module):
         max_markup_length: int,
         scheduler_config: dict | None = None,
         domain: str | None = None,
+        markup_dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.denoiser = denoiser
@@ -84,6 +85,8 @@ class Markup2ImModel(nn.Module):
         self.max_markup_length = max_markup_length
         self.scheduler_config = plain_config(scheduler_config or DEFAULT_SCHEDULER_CONFIG)
         self.domain = domain  # the markup domain it was trained on, when known
+        # the share of training examples given the empty markup (classifier-free guidance)
+        self.markup_dropout = markup_dropout
 
     @classmethod
     def from_config(
@@ -189,6 +192,7 @@ class Markup2ImModel(nn.Module):
             "max_markup_length": self.max_markup_length,
             "cross_attention_dim": self.encoder.hidden_size,
             **({"domain": self.domain} if self.domain else {}),
+            **({"markup_dropout": self.markup_dropout} if self.markup_dropout else {}),
         }
 
     # -- directory ------------------------------------------------------------------------------
@@ -228,6 +232,7 @@ class Markup2ImModel(nn.Module):
             max_markup_length=int(record["max_markup_length"]),
             scheduler_config=plain_config(scheduler.config),
             domain=record.get("domain"),
+            markup_dropout=record.get("markup_dropout"),
         )
         model.eval()
         if device is not None:
@@ -275,6 +280,11 @@ def read_model_record(directory: Path) -> dict:
     for key in RECORD_STRINGS:
         if not isinstance(record[key], str):
             raise ModelError(f"{path}: {key} must be a string, got {record[key]!r}{RECORD_FIX}")
+    dropout = record.get("markup_dropout")
+    if dropout is not None and (
+        isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 < dropout < 1
+    ):
+        raise ModelError(f"{path}: markup_dropout must lie in (0, 1), got {dropout!r}{RECORD_FIX}")
     return record
 
 

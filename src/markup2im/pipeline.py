@@ -25,6 +25,7 @@ module <- the jobs (:mod:`markup2im.generate`, :mod:`markup2im.drawing`, :mod:`m
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -39,7 +40,7 @@ from PIL import Image
 
 from markup2im.eps_scaling import EpsScaleLike, parse_eps_scale
 from markup2im.errors import ConfigError
-from markup2im.guidance import check_guidance_scale
+from markup2im.guidance import check_guidance_scale, guided
 from markup2im.images import tensor_to_image
 from markup2im.model import Markup2ImModel
 from markup2im.sampling import (
@@ -56,6 +57,8 @@ Progress = Callable[[int, int], None]
 
 FrameSink = Callable[[int, int, Image.Image], None]
 """Called with (markup number in the call, step index, frame) as each frame is made."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -163,8 +166,7 @@ class Markup2ImPipeline:
             )
         check_precision(precision)
         scaling = parse_eps_scale(eps_scale)
-        if guidance_scale is not None:
-            guidance_scale = check_guidance_scale(guidance_scale)
+        guidance_scale = _guidance(self.model, guidance_scale)
         per_batch = self.num_steps(sampler, steps)
         kept_steps = sorted(frame_steps(per_batch, frames_every))
         wanted = [True] * len(items) if frames_for is None else list(frames_for)
@@ -197,6 +199,21 @@ class Markup2ImPipeline:
                 yield Drawing(images, frames.kept, kept_steps, start)
         finally:
             self.model.train(was_training)
+
+
+def _guidance(model: Markup2ImModel, scale: float | None) -> float | None:
+    """The checked guidance scale (None: none); a warning when it guides a model that never saw
+    the empty markup in training (its unconditional output is then untrained)."""
+    if scale is None:
+        return None
+    scale = check_guidance_scale(scale)
+    if guided(scale) and not model.markup_dropout:
+        logger.warning(
+            "guidance scale %g on a model trained without markup dropout: its output for the "
+            "empty markup was never trained, so guidance pushes away from an untrained guess",
+            scale,
+        )
+    return scale
 
 
 def _noise_seeds(count: int, seed: int | Sequence[int], indices: Sequence[int] | None) -> list[int]:

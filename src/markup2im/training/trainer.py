@@ -196,6 +196,7 @@ class Trainer:
             attention_from=config.attention_from,
         )
         model.domain = info.domain  # recorded with the model (the demo shows its examples)
+        model.markup_dropout = config.markup_dropout or None  # recorded: it can be guided
         model.encoder.set_trainable(config.train_encoder)
         model.to(self.device)
         if config.channels_last:
