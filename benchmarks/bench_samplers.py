@@ -3,14 +3,13 @@
 Generates a dataset split with each sampler (the paper's 1000-step DDPM, DDIM and DPM-Solver++ at
 a few step counts), each epsilon scale (``--eps-scales``: 1 is the plain sampler), each
 classifier-free guidance scale (``--guidance-scales``, for models trained with markup dropout: 1
-is the plain sampler) and each trained model, and scores it against the gold images. "vs ddpm" is the mean DTW over 1000-step
-DDPM's of the same model (1.00 = as good); "img/s" is images generated per second (whole
+is the plain sampler) and each trained model, and scores it against the gold images. "vs ddpm"
+is the mean DTW over 1000-step DDPM's of the same model (1.00 = as good); "img/s" is images generated per second (whole
 generate call) and "speed" its ratio to 1000-step DDPM's (the goal on a GPU: DPM-Solver++ with 20
 steps at least 40x). With ``--paired-against LABEL``, every other run gets the paired comparison
 of its per-image DTW with that model's plain run of the same sampler (mean difference, 95%
 bootstrap interval, win rate): the comparison of methods, epsilon and guidance scales on equal
-terms. By
-default it uses what `make run` trained (results/math).
+terms. By default it uses what `make run` trained (results/math).
 
     python benchmarks/bench_samplers.py
     python benchmarks/bench_samplers.py --runs ddpm:1000 ddim:25 dpmsolver++:20 --threads 2

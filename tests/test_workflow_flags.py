@@ -20,6 +20,9 @@ MODEL = {"preset": "tiny", "max_markup_length": None, "prediction_type": "epsilo
          "train_encoder": False, "attention_from": None}  # fmt: skip
 SS = {"max_m": 1, "start": [0.0], "end": [0.8], "min_t": 0, "ip_gamma": None}
 IP = {"gamma": 0.1}
+GENERATE = {"split": "test", "limit": None, "seed": 0, "precision": "fp32", "batch_size": 8}
+PLAIN_SAMPLER = {"sampler": "ddim", "steps": 10, "frames_every": None, "eps_scale": None,
+                 "guidance_scale": 1}  # fmt: skip
 
 
 def test_cli_flags() -> None:
@@ -64,14 +67,8 @@ def test_input_perturbation_gets_its_gamma_and_scheduled_sampling_only_when_aske
 
 
 def test_sample_and_evaluate_flags() -> None:
-    generate = {"split": "test", "limit": None, "seed": 0, "precision": "fp32", "batch_size": 8}
-    sampler = {
-        "sampler": "ddim",
-        "steps": 10,
-        "frames_every": None,
-        "eps_scale": None,
-        "guidance_scale": 1,
-    }
+    generate = GENERATE
+    sampler = PLAIN_SAMPLER
     assert sample_flags(generate, sampler) == (
         "--split test --sampler ddim --num-inference-steps 10 --seed 0"
     )
@@ -93,14 +90,8 @@ def test_accelerate_gets_one_process_per_gpu_with_its_share_of_threads() -> None
 
 
 def test_eps_scale_is_a_generate_flag_unless_it_is_the_plain_sampler() -> None:
-    generate = {"split": "test", "limit": None, "seed": 0, "precision": "fp32"}
-    sampler = {
-        "sampler": "ddim",
-        "steps": 10,
-        "frames_every": None,
-        "eps_scale": None,
-        "guidance_scale": 1,
-    }
+    generate = GENERATE
+    sampler = PLAIN_SAMPLER
     plain = sample_flags(generate, sampler)
     assert "--eps-scale" not in plain
     # 1 and {b: 1} are the plain sampler: the same flags, so nothing reruns
@@ -114,9 +105,8 @@ def test_eps_scale_is_a_generate_flag_unless_it_is_the_plain_sampler() -> None:
 
 
 def test_guidance_scale_is_a_generate_flag_unless_it_is_the_plain_sampler() -> None:
-    generate = {"split": "test", "limit": None, "seed": 0, "precision": "fp32", "batch_size": 8}
-    sampler = {"sampler": "ddim", "steps": 10, "frames_every": None, "eps_scale": None,
-               "guidance_scale": 1}  # fmt: skip
+    generate = GENERATE
+    sampler = PLAIN_SAMPLER
     plain = sample_flags(generate, sampler)
     assert sample_flags(generate, {**sampler, "guidance_scale": 1.0}) == plain
     assert sample_flags(generate, {**sampler, "guidance_scale": 3}) == plain + " --guidance-scale 3"

@@ -190,8 +190,8 @@ class Demo:
         guidance_scale: float | None = None,
     ) -> Comparison:
         """Render and draw ``markup`` (``eps_scale``: the sampler's epsilon scaling,
-        ``guidance_scale`` its classifier-free guidance; None or 1: none); errors of the renderer or of the settings become ``render_error`` or ``notes``,
-        never exceptions."""
+        ``guidance_scale`` its classifier-free guidance; None or 1: none); errors of the renderer
+        or of the settings become ``render_error`` or ``notes``, never exceptions."""
         markup = (markup or "").strip()
         result = Comparison(markup)
         if not markup:
@@ -209,8 +209,8 @@ class Demo:
                     f"truncated by {cut} token{'s' if cut != 1 else ''}."
                 )
             try:
-                adjust = {"eps_scale": eps_scale, "guidance_scale": guidance_scale}
-                self._draw(result, sampler, steps, seed, report, **adjust)
+                self._draw(result, sampler, steps, seed, report, eps_scale=eps_scale,
+                           guidance_scale=guidance_scale)  # fmt: skip
             except Markup2ImError as exc:
                 result.notes.append(f"Cannot draw: {exc}")
                 return result

@@ -31,7 +31,7 @@ from markup2im.data.render import assign_filenames
 from markup2im.eps_scaling import EpsScale, EpsScaleLike, parse_eps_scale
 from markup2im.errors import DataError
 from markup2im.figures.gif import frames_gif
-from markup2im.guidance import check_guidance_scale, guided
+from markup2im.guidance import guided, parse_guidance_scale
 from markup2im.model import Markup2ImModel
 from markup2im.names import frames_every
 from markup2im.pipeline import Markup2ImPipeline, Progress, StepBar
@@ -109,7 +109,7 @@ def draw_one(
     ``eps_scale`` is the sampler's epsilon scaling and ``guidance_scale`` its classifier-free
     guidance (None or 1: none)."""
     scaling = parse_eps_scale(eps_scale)  # before the model loads
-    guidance = None if guidance_scale is None else check_guidance_scale(guidance_scale)
+    guidance = parse_guidance_scale(guidance_scale)
     if not markup.strip():
         raise DataError("the markup to draw is empty")
     problem = unwritable(markup)  # bytes of the command line that are not UTF-8 come as surrogates
@@ -169,7 +169,7 @@ def draw_file(
     and ``guidance_scale`` its classifier-free guidance (None or 1: none).
     """
     scaling = parse_eps_scale(eps_scale)  # before the model loads
-    guidance = None if guidance_scale is None else check_guidance_scale(guidance_scale)
+    guidance = parse_guidance_scale(guidance_scale)
     source = read_markup_file(markup_file)
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
@@ -192,7 +192,8 @@ def draw_file(
         Written(
             manifest,
             f"manifest: {drawn} of {count} markups drawn as {images_mode(pipe.model)} images "
-            f"({sampler}, {n_steps} steps{_adjusted(scaling, guidance)}, seeds {seed}..{seed + count - 1})",
+            f"({sampler}, {n_steps} steps{_adjusted(scaling, guidance)}, "
+            f"seeds {seed}..{seed + count - 1})",
         )
     )
     if any(cut):

@@ -24,7 +24,7 @@ from markup2im.cuda import configure_cuda
 from markup2im.data.datasets import DatasetInfo, load_split, read_dataset_info
 from markup2im.eps_scaling import EpsScale, EpsScaleLike, parse_eps_scale
 from markup2im.errors import ConfigError, DataError
-from markup2im.guidance import check_guidance_scale, guided
+from markup2im.guidance import guided, parse_guidance_scale
 from markup2im.images import load_image
 from markup2im.model import Markup2ImModel
 from markup2im.names import SAMPLERS
@@ -100,7 +100,7 @@ def generate(
     """
     check_settings(sampler, batch_size, limit, frames_every, precision)
     scaling = parse_eps_scale(eps_scale)
-    guidance = None if guidance_scale is None else check_guidance_scale(guidance_scale)
+    guidance = parse_guidance_scale(guidance_scale)
     started = time.perf_counter()
     dirs = OutputDirs.under(output_dir)
     examples = read_examples(dataset_dir, split, limit, only, frames_for, frames_every)

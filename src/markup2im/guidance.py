@@ -35,6 +35,11 @@ def check_guidance_scale(value: Any, key: str = "guidance_scale") -> float:
     return scale
 
 
+def parse_guidance_scale(value: Any, key: str = "guidance_scale") -> float | None:
+    """:func:`check_guidance_scale`, with None (the plain sampler) passed through."""
+    return None if value is None else check_guidance_scale(value, key)
+
+
 def guided(scale: float | None) -> bool:
     """Whether a sampler with guidance scale ``scale`` (None: the default) needs the
     unconditional pass."""

@@ -40,7 +40,7 @@ from PIL import Image
 
 from markup2im.eps_scaling import EpsScaleLike, parse_eps_scale
 from markup2im.errors import ConfigError
-from markup2im.guidance import check_guidance_scale, guided
+from markup2im.guidance import guided, parse_guidance_scale
 from markup2im.images import tensor_to_image
 from markup2im.model import Markup2ImModel
 from markup2im.sampling import (
@@ -204,9 +204,7 @@ class Markup2ImPipeline:
 def _guidance(model: Markup2ImModel, scale: float | None) -> float | None:
     """The checked guidance scale (None: none); a warning when it guides a model that never saw
     the empty markup in training (its unconditional output is then untrained)."""
-    if scale is None:
-        return None
-    scale = check_guidance_scale(scale)
+    scale = parse_guidance_scale(scale)
     if guided(scale) and not model.markup_dropout:
         logger.warning(
             "guidance scale %g on a model trained without markup dropout: its output for the "

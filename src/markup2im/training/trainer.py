@@ -246,6 +246,8 @@ class Trainer:
             self.cache = EncoderCache(self._encode_tokens)
         self.dropout = None
         if config.markup_dropout:
+            # tokenised once; encoded at each use, since a trained encoder changes its states
+            self.empty_tokens = self.model.encoder.tokenize([UNCONDITIONAL_MARKUP])
             self.dropout = MarkupDropout(config.markup_dropout, self._encode_empty)
 
     def _encode_tokens(self, input_ids: torch.Tensor, mask: torch.Tensor) -> Any:
@@ -253,7 +255,7 @@ class Trainer:
 
     def _encode_empty(self) -> Any:
         """The states of the empty markup (classifier-free guidance's unconditional input)."""
-        return self._encode_tokens(*self.model.encoder.tokenize([UNCONDITIONAL_MARKUP]))
+        return self._encode_tokens(*self.empty_tokens)
 
     # -- the loop -------------------------------------------------------------------------------
     def train(self) -> TrainResult:

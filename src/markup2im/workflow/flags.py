@@ -142,6 +142,7 @@ def sample_flags(generate: Mapping[str, Any], sampler: Mapping[str, Any]) -> str
 
     The batch size is left out: a resource, since the images do not depend on it.
     """
+    guidance = sampler["guidance_scale"]
     return cli_flags(
         {
             "split": generate["split"],
@@ -152,9 +153,7 @@ def sample_flags(generate: Mapping[str, Any], sampler: Mapping[str, Any]) -> str
             "precision": generate["precision"] if generate["precision"] != "fp32" else None,
             "eps_scale": eps_scale_flag(sampler["eps_scale"]),
             # the plain sampler's 1 gives no flag, so that it reruns nothing
-            "guidance_scale": None
-            if not guided(sampler["guidance_scale"])
-            else sampler["guidance_scale"],
+            "guidance_scale": guidance if guided(guidance) else None,
         }
     )
 
